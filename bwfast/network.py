@@ -1,0 +1,335 @@
+"""Targets, the deep-linear-network BW loss with its layer gradients, and
+balanced factorizations."""
+
+import warnings
+
+import numpy as np
+
+from . import _kernels as K
+from ._errors import RankDropWarning
+from ._threads import blas_limit
+from ._validate import (
+    as_float_array,
+    check_finite,
+    check_psd,
+    check_symmetric,
+    rtol_for,
+    scalar,
+    square_stack,
+)
+
+__all__ = [
+    "Target",
+    "loss_and_grad",
+    "optimal_loss",
+    "balanced_weights",
+    "end_to_end",
+]
+
+
+class Target:
+    """A target covariance with its spectrum and square root computed once.
+
+    Parameters
+    ----------
+    cov : (n, n) array_like
+        Symmetric positive semidefinite covariance; singular is normal.
+        Asymmetry and negative eigenvalues up to ``rtol`` (relative to the
+        largest entry and eigenvalue) are treated as rounding: the matrix
+        is symmetrized and its eigenvalues clamped at zero.
+    rtol : float, optional
+        Rounding allowance; default sqrt(eps) of float64 (1.5e-8).
+
+    Attributes
+    ----------
+    cov : (n, n) ndarray
+        The symmetrized float64 covariance (read-only).
+    eigvals : (n,) ndarray
+        Eigenvalues, descending, clamped at zero (cutoff n * eps * max).
+    eigvecs : (n, n) ndarray
+        Orthonormal eigenvectors, column i for ``eigvals[i]``.
+    root : (n, n) ndarray
+        The PSD square root R0 = cov^{1/2}.
+    n, rank : int
+        Dimension, and number of eigenvalues above the cutoff.
+    trace : float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bwfast import Target
+    >>> t = Target(np.diag([4.0, 1.0, 0.0]))
+    >>> t.eigvals.tolist(), t.rank
+    ([4.0, 1.0, 0.0], 2)
+    """
+
+    def __init__(self, cov, *, rtol=None):
+        a = square_stack(cov, "cov")
+        if a.ndim != 2:
+            raise ValueError(f"`cov` must be one (n, n) matrix; got shape {a.shape}")
+        if a.shape[0] == 0:
+            raise ValueError("`cov` must have n >= 1; got shape (0, 0)")
+        a = a.astype(np.float64)
+        rtol = rtol_for(np.float64) if rtol is None else float(rtol)
+        check_symmetric(a, "cov", rtol)
+        n = a.shape[0]
+        sym = 0.5 * (a + a.T)
+        w, Q = np.linalg.eigh(sym)
+        check_psd(w[0], w[-1], "cov", rtol)
+        cutoff = n * np.finfo(np.float64).eps * max(w[-1], 0.0)
+        lam = np.where(w > cutoff, w, 0.0)[::-1].copy()
+        Q = np.ascontiguousarray(Q[:, ::-1])
+        root = (Q * np.sqrt(lam)) @ Q.T
+        root = 0.5 * (root + root.T)
+        for arr in (sym, lam, Q, root):
+            arr.flags.writeable = False
+        self.cov = sym
+        self.eigvals = lam
+        self.eigvecs = Q
+        self.root = root
+        self.n = n
+        self.rank = int(np.count_nonzero(lam))
+        self.trace = float(np.trace(sym))
+        self._cast = {}
+
+    @classmethod
+    def from_samples(cls, X, **kwargs):
+        """Target from samples (rows) by features (columns), ddof = 1."""
+        x = as_float_array(X, "X")
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise ValueError(
+                "`X` must be a (samples, features) array with at least 2 rows; "
+                f"got shape {x.shape}"
+            )
+        check_finite(x, "X")
+        return cls(np.atleast_2d(np.cov(x.astype(np.float64), rowvar=False)),
+                   **kwargs)
+
+    def arrays(self, dtype):
+        """(root, cov) as C-contiguous arrays of ``dtype`` (cached)."""
+        dtype = np.dtype(dtype)
+        if dtype not in self._cast:
+            self._cast[dtype] = (
+                np.array(self.root, dtype=dtype, order="C"),
+                np.array(self.cov, dtype=dtype, order="C"),
+            )
+        return self._cast[dtype]
+
+    def __repr__(self):
+        return f"Target(n={self.n}, rank={self.rank}, trace={self.trace:.6g})"
+
+
+def as_target(target):
+    """A Target, built from a covariance array when needed."""
+    return target if isinstance(target, Target) else Target(target)
+
+
+def rank_rtol(dims, dtype):
+    """Singular-value ratio below which rank(R0 W) counts as dropped."""
+    return 10.0 * max(int(dims[0]), int(dims[-1])) * float(np.finfo(dtype).eps)
+
+
+def check_weights(weights, n):
+    """Validate a list of layers W_1 .. W_N; return (arrays, dims, dtype)."""
+    if isinstance(weights, np.ndarray) and weights.ndim == 2:
+        weights = [weights]
+    try:
+        ws = [as_float_array(w, f"weights[{i}]") for i, w in enumerate(weights)]
+    except TypeError:
+        raise
+    except Exception:
+        raise TypeError(
+            "`weights` must be a sequence of 2-D arrays W_1 .. W_N"
+        ) from None
+    if not ws:
+        raise ValueError("`weights` must hold at least one layer; got none")
+    for i, w in enumerate(ws):
+        if w.ndim != 2 or 0 in w.shape:
+            raise ValueError(
+                f"`weights[{i}]` must be a non-empty 2-D array; got shape {w.shape}"
+            )
+        check_finite(w, f"weights[{i}]")
+        if i > 0 and w.shape[1] != ws[i - 1].shape[0]:
+            raise ValueError(
+                f"`weights[{i}]` must have {ws[i - 1].shape[0]} columns to follow "
+                f"weights[{i - 1}] of shape {ws[i - 1].shape}; got shape {w.shape}"
+            )
+    if ws[-1].shape[0] != n:
+        raise ValueError(
+            f"the last layer must have n = {n} rows (the target dimension); "
+            f"got shape {ws[-1].shape}"
+        )
+    dims = np.array([ws[0].shape[1]] + [w.shape[0] for w in ws], dtype=np.int64)
+    dtype = (
+        np.dtype(np.float32)
+        if all(w.dtype == np.float32 for w in ws)
+        else np.dtype(np.float64)
+    )
+    return ws, dims, dtype
+
+
+def pack(ws, dtype):
+    """Layers -> one flat C-contiguous parameter vector."""
+    return np.concatenate([np.asarray(w, dtype=dtype).ravel() for w in ws])
+
+
+def unpack(theta, dims):
+    """Flat parameter vector -> list of layer arrays (copies)."""
+    off = K.layer_offsets(dims)
+    return [
+        theta[off[j]:off[j + 1]].reshape(dims[j + 1], dims[j]).copy()
+        for j in range(len(dims) - 1)
+    ]
+
+
+class Workspace:
+    """Preallocated buffers for the network kernels of one architecture."""
+
+    def __init__(self, dims, dtype):
+        self.grad = np.empty(int(K.layer_offsets(dims)[-1]), dtype)
+        self.pbuf = np.empty(max(int(K.prefix_size(dims)), 1), dtype)
+        self.G = np.empty((int(dims[-1]), int(dims[0])), dtype)
+
+
+def loss_and_grad(weights, target, tau=0.0):
+    """BW loss of a deep linear network and the gradient of every layer.
+
+    L_tau = BW^2(W W^T + tau I, Sigma0) for W = W_N ... W_1, computed in one
+    compiled call. For tau = 0 the factor route: the thin SVD of R0 W cut
+    to k = min width triplets, G = 2 (W - R0 U_k V_k^T), no n x n square
+    root, loss in the split form (never negative). For tau > 0 one
+    eigendecomposition of M = R0 (W W^T + tau I) R0 and
+    G = 2 (W - R0 M^{-1/2} R0 W), the inverse root on the range of M when
+    the target is singular. Layer gradients follow by the chain rule,
+    dL/dW_j = (W_N ... W_{j+1})^T G (W_{j-1} ... W_1)^T.
+
+    Parameters
+    ----------
+    weights : sequence of 2-D array_like
+        W_1 .. W_N, W_j of shape (d_j, d_{j-1}), d_N = n.
+    target : Target or (n, n) array_like
+    tau : float, default 0
+        Isotropic variance added to the model covariance, >= 0.
+
+    Returns
+    -------
+    loss : float
+    grads : list of ndarray
+        One per layer, shaped like the weights; float32 when every layer is.
+
+    Warns
+    -----
+    RankDropWarning
+        At tau = 0 when rank(R0 W) < min(k, rank Sigma0): the loss has a kink
+        there and the returned gradient is the minimum-norm subgradient.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bwfast import Target, loss_and_grad
+    >>> t = Target(np.diag([4.0, 1.0]))
+    >>> loss, (g,) = loss_and_grad([np.diag([2.0, 1.0])], t)
+    >>> float(loss), bool(np.allclose(g, 0))
+    (0.0, True)
+    """
+    t = as_target(target)
+    tau = scalar(tau, "tau", low=0.0)
+    ws, dims, dtype = check_weights(weights, t.n)
+    theta = pack(ws, dtype)
+    R0, S0 = t.arrays(dtype)
+    work = Workspace(dims, dtype)
+    k = min(int(dims.min()), t.rank)
+    rr = rank_rtol(dims, dtype)
+    with blas_limit(int(dims.max())):
+        loss, ratio = K.network_loss_grad(
+            theta, dims, R0, S0, t.trace, tau, max(k, 1), rr,
+            work.grad, work.pbuf, work.G,
+        )
+    if tau == 0.0 and k > 0 and ratio <= rr:
+        warnings.warn(
+            f"rank(R0 W) dropped below k = {k} (s_k/s_1 = {ratio:.2e}): the "
+            "tau = 0 loss has a kink here and the gradient is a subgradient; "
+            "use tau > 0 or a full-rank initialization",
+            RankDropWarning,
+            stacklevel=2,
+        )
+    return float(loss), unpack(work.grad, dims)
+
+
+def optimal_loss(target, k, tau=0.0):
+    """The smallest loss reachable with rank(W) <= k.
+
+    tau = 0: sum_{i > k} lambda_i (the discarded eigenvalues themselves, not
+    their squares), attained by the truncated eigendecomposition of the
+    target. tau > 0: sum of (sqrt(lambda_i) - sqrt(tau))^2 over every i
+    except the top-k indices with lambda_i > tau; for 0 < tau <= lambda_k
+    this is sum_{i > k} (sqrt(lambda_i) - sqrt(tau))^2, attained at
+    Omega_k diag(lambda_k - tau) Omega_k^T.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bwfast import optimal_loss
+    >>> float(optimal_loss(np.diag([3.0, 2.0, 1.0]), 1))
+    3.0
+    """
+    t = as_target(target)
+    k = scalar(k, "k", low=0, integer=True)
+    tau = scalar(tau, "tau", low=0.0)
+    if k > t.n:
+        raise ValueError(f"`k` must be <= n = {t.n}; got {k}")
+    lam = t.eigvals
+    if tau == 0.0:
+        return float(lam[k:].sum())
+    terms = (np.sqrt(lam) - np.sqrt(tau)) ** 2
+    keep = np.zeros(t.n, dtype=bool)
+    keep[:k] = lam[:k] > tau
+    return float(terms[~keep].sum())
+
+
+def end_to_end(weights):
+    """W = W_N ... W_1 for layers W_j of shape (d_j, d_{j-1})."""
+    W = np.asarray(weights[0])
+    for w in weights[1:]:
+        W = np.asarray(w) @ W
+    return W
+
+
+def balanced_weights(W, widths, *, seed=0):
+    """Factor W (n x d_0, rank <= k = min width) into balanced layers.
+
+    With the thin SVD W = U diag(s) V^T cut to k terms, layer j is
+    O_j diag(s^{1/N}) O_{j-1}^T, where O_0 = V, O_N = U and the hidden O_j
+    are random matrices with k orthonormal columns. Then
+    W_{j+1}^T W_{j+1} = O_j diag(s^{2/N}) O_j^T = W_j W_j^T exactly (up to
+    rounding) and the product is the rank-k truncation of W.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bwfast import balanced_weights
+    >>> W = np.arange(6.0).reshape(3, 2)
+    >>> ws = balanced_weights(W, (2, 4, 3))
+    >>> bool(np.allclose(ws[1] @ ws[0], W))
+    True
+    >>> bool(np.allclose(ws[1].T @ ws[1], ws[0] @ ws[0].T))
+    True
+    """
+    dims = [scalar(d, "widths", low=1, integer=True) for d in widths]
+    W = as_float_array(W, "W").astype(np.float64)
+    if len(dims) < 2 or W.shape != (dims[-1], dims[0]):
+        raise ValueError(
+            f"`W` must have shape (widths[-1], widths[0]) = "
+            f"({dims[-1]}, {dims[0]}); got {W.shape}"
+        )
+    N = len(dims) - 1
+    k = min(dims)
+    rng = np.random.default_rng(seed)
+    U, s, Vt = np.linalg.svd(W, full_matrices=False)
+    U, s, V = U[:, :k], s[:k], Vt[:k].T
+    frames = [V]
+    for d in dims[1:-1]:
+        frames.append(np.linalg.qr(rng.standard_normal((d, k)))[0])
+    frames.append(U)
+    root = s ** (1.0 / N)
+    return [(frames[j + 1] * root) @ frames[j].T for j in range(N)]

@@ -1,0 +1,313 @@
+"""Gradient-descent training of deep linear networks with the BW loss."""
+
+import enum
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels as K
+from ._threads import blas_limit
+from ._validate import scalar
+from .network import (
+    Workspace,
+    as_target,
+    balanced_weights,
+    check_weights,
+    optimal_loss,
+    pack,
+    rank_rtol,
+    unpack,
+)
+
+__all__ = ["fit", "FitResult", "Status", "default_lr", "balancedness"]
+
+# Steps run inside one compiled call between two Python callbacks.
+_CHUNK = 2000
+
+# A loss above this multiple of max(initial loss, tr Sigma0) counts as
+# divergence; gradient descent with a stable step never grows that much.
+_DIVERGENCE_FACTOR = 1e8
+
+
+class Status(str, enum.Enum):
+    """How a training run ended."""
+
+    CONVERGED = "converged"
+    STEP_LIMIT = "step_limit"
+    DIVERGED = "diverged"
+    RANK_DROPPED = "rank_dropped"
+
+
+_FROM_CODE = {
+    K.CONVERGED: Status.CONVERGED,
+    K.STEP_LIMIT: Status.STEP_LIMIT,
+    K.DIVERGED: Status.DIVERGED,
+    K.RANK_DROPPED: Status.RANK_DROPPED,
+}
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Outcome of :func:`fit` (immutable; arrays are read-only).
+
+    Attributes
+    ----------
+    weights : tuple of ndarray
+        Final layers W_1 .. W_N (the last finite iterate if the run diverged).
+    losses, loss_steps : ndarray
+        Loss recorded every ``record_every`` steps, and at the last step.
+    steps : int
+        Gradient steps taken.
+    status : Status
+    message : str
+    loss, optimum, gap, relative_gap : float
+        Final loss, theoretical optimum for this k and tau, loss - optimum,
+        and the gap divided by the optimum (by tr Sigma0 when the optimum
+        is zero).
+    measure : float
+        Final optimality measure max_j ||dL/dW_j|| ||W_j|| / tr Sigma0.
+    balancedness : float
+        max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F at the end (0 for N = 1).
+    lr, tau, tol : float
+    k : int
+        Minimum width, the rank bound of W.
+    widths : tuple of int
+    wall_time : float
+        Seconds spent in the descent loop (compilation included on first use).
+    """
+
+    weights: tuple
+    losses: np.ndarray
+    loss_steps: np.ndarray
+    steps: int
+    status: Status
+    message: str
+    loss: float
+    optimum: float
+    gap: float
+    relative_gap: float
+    measure: float
+    balancedness: float
+    lr: float
+    tau: float
+    tol: float
+    k: int
+    widths: tuple
+    wall_time: float
+
+    @property
+    def converged(self):
+        return self.status is Status.CONVERGED
+
+
+def default_lr(target, widths, tau=0.0):
+    """Step size 0.5 / (N * lambda^{(N-1)/N}) with lambda = lambda_1 + tau.
+
+    For balanced weights at the target's scale the end-to-end dynamics of
+    singular value i move with rate N * sigma_i^{2(N-1)/N} times the
+    curvature 2 of the loss in W; this step makes the fastest mode contract
+    in one step and keeps every mode stable.
+    """
+    t = as_target(target)
+    N = len(widths) - 1
+    lam = float(t.eigvals[0]) + float(tau)
+    if lam <= 0.0:
+        return 0.5 / N
+    return 0.5 / (N * lam ** ((N - 1) / N))
+
+
+def balancedness(weights):
+    """max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F (0 for a single layer)."""
+    defect = 0.0
+    for a, b in zip(weights[:-1], weights[1:]):
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(b, dtype=np.float64)
+        defect = max(defect, float(np.linalg.norm(b.T @ b - a @ a.T)))
+    return defect
+
+
+def _initial_weights(init, t, dims, seed, dtype):
+    if isinstance(init, str):
+        if init != "balanced":
+            raise ValueError(
+                f"`init` must be 'balanced' or a sequence of weight arrays; "
+                f"got {init!r}"
+            )
+        # A random end-to-end matrix of rank k, scaled so that its energy
+        # matches the optimum's (the top-k eigenvalues of the target).
+        rng = np.random.default_rng(seed)
+        k = int(min(dims))
+        W = rng.standard_normal((int(dims[-1]), int(dims[0])))
+        U, s, Vt = np.linalg.svd(W, full_matrices=False)
+        W = (U[:, :k] * s[:k]) @ Vt[:k]
+        energy = float(t.eigvals[:k].sum()) or 1.0
+        W *= np.sqrt(energy) / np.linalg.norm(W)
+        ws = balanced_weights(W, [int(d) for d in dims], seed=seed)
+        return [np.asarray(w, dtype=dtype) for w in ws]
+    ws, wdims, _ = check_weights(init, t.n)
+    if not np.array_equal(wdims, dims):
+        raise ValueError(
+            f"`init` weights have widths {tuple(int(d) for d in wdims)}; "
+            f"expected {tuple(int(d) for d in dims)}"
+        )
+    return [np.asarray(w, dtype=dtype) for w in ws]
+
+
+def _check_widths(widths, n):
+    try:
+        dims = [scalar(d, "widths", low=1, integer=True) for d in widths]
+    except TypeError:
+        raise TypeError(
+            f"`widths` must be a sequence of positive integers; got {widths!r}"
+        ) from None
+    if len(dims) < 2:
+        raise ValueError(
+            f"`widths` must list d_0 .. d_N with N >= 1 (at least 2 numbers); "
+            f"got {tuple(dims)}"
+        )
+    if dims[-1] != n:
+        raise ValueError(
+            f"`widths` must end with the target dimension n = {n}; "
+            f"got widths {tuple(dims)}"
+        )
+    return np.array(dims, dtype=np.int64)
+
+
+def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=1e-7,
+        init="balanced", seed=0, record_every=10, dtype=np.float64,
+        callback=None):
+    """Train a deep linear network by full-batch gradient descent on the BW loss.
+
+    Minimizes L_tau(W_1 .. W_N) = BW^2(W W^T + tau I, Sigma0) with
+    W = W_N ... W_1. The descent loop runs in compiled code, in chunks of
+    2000 steps between calls of ``callback``.
+
+    Parameters
+    ----------
+    target : Target or (n, n) array_like
+    widths : sequence of int
+        d_0 (latent), d_1 .. d_{N-1} (hidden), d_N = n.
+    tau : float, default 0
+    lr : float, optional
+        Step size; default :func:`default_lr`.
+    steps : int, default 100000
+        Step limit.
+    tol : float, default 1e-7
+        Converged when max_j ||dL/dW_j||_F ||W_j||_F <= tol * tr Sigma0
+        (the first-order change of the loss under a relative perturbation
+        of any one layer). For tau = 0 and k = n this bounds the loss by
+        about tol^2 tr Sigma0 / 4.
+    init : 'balanced' or sequence of arrays
+        'balanced': a random rank-k end-to-end matrix with the optimum's
+        energy, factored by :func:`balanced_weights`, so the layers start
+        exactly balanced. Or the initial weights themselves.
+    seed : int
+        Seed of the initialization.
+    record_every : int, default 10
+        Stride of the loss history.
+    dtype : {numpy.float64, numpy.float32}
+        Arithmetic of the descent loop.
+    callback : callable, optional
+        ``callback(step, loss)`` after each compiled chunk.
+
+    Returns
+    -------
+    FitResult
+        Divergence, NaN and rank drops end the run with that status and a
+        message; the weights returned are always finite.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bwfast import fit
+    >>> res = fit(np.diag([4.0, 2.0, 1.0]), (3, 2, 3))
+    >>> res.status.value, bool(res.relative_gap < 1e-6)
+    ('converged', True)
+    """
+    t = as_target(target)
+    dims = _check_widths(widths, t.n)
+    tau = scalar(tau, "tau", low=0.0)
+    steps = scalar(steps, "steps", low=0, integer=True)
+    tol = scalar(tol, "tol", low=0.0)
+    every = scalar(record_every, "record_every", low=1, integer=True)
+    seed = None if seed is None else scalar(seed, "seed", low=0, integer=True)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"`dtype` must be float32 or float64; got {dtype}")
+    lr = default_lr(t, dims, tau) if lr is None else scalar(
+        lr, "lr", low=0.0, strict=True
+    )
+    if callback is not None and not callable(callback):
+        raise TypeError(f"`callback` must be callable; got {callback!r}")
+
+    k = int(dims.min())
+    k_eff = max(min(k, t.rank), 1)
+    rr = rank_rtol(dims, dtype)
+    R0, S0 = t.arrays(dtype)
+    theta = pack(_initial_weights(init, t, dims, seed, dtype), dtype)
+    work = Workspace(dims, dtype)
+    hist = np.full(steps // every + 1, np.nan)
+
+    with blas_limit(int(dims.max())):
+        return _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k,
+                    k_eff, rr, R0, S0, theta, work, hist)
+
+
+def _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k, k_eff, rr,
+         R0, S0, theta, work, hist):
+    start = time.perf_counter()
+    loss0, _ = K.network_loss_grad(
+        theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.grad, work.pbuf, work.G
+    )
+    div_limit = _DIVERGENCE_FACTOR * max(loss0, t.trace, 1e-300)
+    done, code = 0, K.RUNNING
+    while code == K.RUNNING:
+        done, code, loss, meas = K.descend(
+            theta, dims, R0, S0, t.trace, tau, k_eff, rr, lr, done,
+            min(done + _CHUNK, steps), steps, tol, div_limit, hist, every,
+            work.grad, work.pbuf, work.G,
+        )
+        if callback is not None:
+            callback(int(done), float(loss))
+    wall = time.perf_counter() - start
+
+    status = _FROM_CODE[code]
+    opt = optimal_loss(t, k, tau)
+    ws = unpack(theta, dims)
+    for w in ws:
+        w.flags.writeable = False
+    rec = np.arange(0, done + 1, every)
+    losses = hist[: rec.size].copy()
+    if rec[-1] != done:
+        rec = np.append(rec, done)
+        losses = np.append(losses, loss)
+    losses.flags.writeable = False
+    rec.flags.writeable = False
+    loss = float(loss)
+    gap = loss - opt
+    rel = gap / opt if opt > 0 else (gap / t.trace if t.trace > 0 else gap)
+    scale = t.trace if t.trace > 0 else 1.0
+    measure = float(meas) / scale
+    message = _message(status, done, loss, measure, tol, lr)
+    return FitResult(
+        weights=tuple(ws), losses=losses, loss_steps=rec, steps=int(done),
+        status=status, message=message, loss=loss, optimum=opt, gap=gap,
+        relative_gap=rel, measure=measure, balancedness=balancedness(ws),
+        lr=lr, tau=tau, tol=tol, k=k, widths=tuple(int(d) for d in dims),
+        wall_time=wall,
+    )
+
+
+def _message(status, steps, loss, measure, tol, lr):
+    if status is Status.CONVERGED:
+        return (f"converged after {steps} steps: optimality measure "
+                f"{measure:.2e} <= tol {tol:.1e}")
+    if status is Status.STEP_LIMIT:
+        return (f"step limit {steps} reached with optimality measure "
+                f"{measure:.2e} > tol {tol:.1e}; raise --steps or the step size")
+    if status is Status.DIVERGED:
+        return (f"diverged at step {steps} (loss {loss:.3g}); the weights are "
+                f"the last finite iterate; lower the step size (lr = {lr:.3g})")
+    return (f"rank of the end-to-end matrix dropped below k at step {steps}: "
+            "the tau = 0 loss has a kink there; use tau > 0 or another seed")
