@@ -1,0 +1,1 @@
+"""asv benchmarks of bwfast against bwfast.reference."""
