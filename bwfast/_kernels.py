@@ -290,27 +290,49 @@ def _view(buf, start, rows, cols):
 
 
 @njit(**JIT)
-def e2e_grad_tau0(W, R0, k, rank_rtol, G):
+def _thin_svd_product(R0, A, B):
+    """Thin SVD of R0 A B through its k-dimensional factors.
+
+    A is n x k, B is k x d0. With R0 A = Q1 R1 and B^T = Q2 R2, the product
+    is Q1 (R1 R2^T) Q2^T, so only a k x k SVD is needed: O(n^2 k) in all,
+    against an n x d0 SVD of the product, which is slower and, for a
+    rank-k product, spends its time on the zero singular values.
+    """
+    Q1, R1 = np.linalg.qr(R0 @ A)
+    Q2, R2 = np.linalg.qr(np.ascontiguousarray(B.T))
+    Q1 = np.ascontiguousarray(Q1)
+    Q2t = np.ascontiguousarray(Q2.T)
+    C = np.ascontiguousarray(R1) @ np.ascontiguousarray(R2.T)
+    Uc, s, Vct = np.linalg.svd(C)
+    return Q1 @ np.ascontiguousarray(Uc), s, np.ascontiguousarray(Vct) @ Q2t
+
+
+@njit(**JIT)
+def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
     """Loss and end-to-end gradient at tau = 0 through the factor route.
 
     With the thin SVD R0 W = U S V^T cut to its k leading triplets,
     G = 2 (W - R0 U V^T) and the loss is taken in the split form
     ||W - R0 U V^T||^2 + ||(I - U U^T) R0||^2: two sums of squares, so it
     is never negative and has no cancellation near a critical point.
-    Triplets with s_i <= rank_rtol * s_1 count as zero (the minimum-norm
-    subgradient). Returns (loss, s_k / s_1); a ratio at or below rank_rtol
-    means rank(R0 W) < k, where the loss has a kink.
+    If factored, W = A B with A n x k and B k x d0, and the SVD is taken
+    through the factors (see _thin_svd_product). Triplets with
+    s_i <= rank_rtol * s_1 count as zero (the minimum-norm subgradient).
+    Returns (loss, s_k / s_1); a ratio at or below rank_rtol means
+    rank(R0 W) < k, where the loss has a kink.
     """
     n = W.shape[0]
-    X = R0 @ W
-    U, s, Vt = np.linalg.svd(X, full_matrices=False)
+    if factored:
+        U, s, Vt = _thin_svd_product(R0, A, B)
+    else:
+        U, s, Vt = np.linalg.svd(R0 @ W, full_matrices=False)
     kk = min(k, s.shape[0])
     thr = rank_rtol * s[0]
     m = 0
     while m < kk and s[m] > thr:
         m += 1
     Um = np.ascontiguousarray(U[:, :m])
-    P = R0 @ (Um @ np.ascontiguousarray(Vt[:m, :]))
+    P = (R0 @ Um) @ np.ascontiguousarray(Vt[:m, :])
     loss = 0.0
     for i in range(n):
         for j in range(W.shape[1]):
@@ -382,7 +404,30 @@ def network_loss_grad(theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G
     if tau > 0.0:
         loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G)
     else:
-        loss, ratio = e2e_grad_tau0(prev, R0, k, rank_rtol, G)
+        # W = A B through the narrowest layer b when it is narrower than
+        # both ends: A = W_N ... W_{b+1}, B = W_b ... W_1 = P_b
+        b = 0
+        for j in range(1, N + 1):
+            if dims[j] < dims[b]:
+                b = j
+        factored = dims[b] < min(d0, dims[N])
+        if factored:
+            A = np.ascontiguousarray(_view(theta, off[N - 1], dims[N], dims[N - 1]))
+            for j in range(N - 1, b, -1):
+                A = A @ _view(theta, off[j - 1], dims[j], dims[j - 1])
+            if b == 0:
+                Bf = np.eye(d0, dtype=theta.dtype)
+            elif b == 1:
+                Bf = np.ascontiguousarray(_view(theta, off[0], dims[1], d0))
+            else:
+                start = 0
+                for i in range(2, b):
+                    start += dims[i] * d0
+                Bf = np.ascontiguousarray(_view(pbuf, start, dims[b], d0))
+        else:
+            A = np.empty((0, 0), theta.dtype)
+            Bf = np.empty((0, 0), theta.dtype)
+        loss, ratio = e2e_grad_tau0(prev, R0, k, rank_rtol, G, A, Bf, factored)
 
     # backward: B_j = (W_N ... W_{j+1})^T G
     B = G

@@ -47,11 +47,12 @@ def _pair(A, B, nameA, nameB):
         ) from None
     dt = common_dtype(A, B)
     n = A.shape[-1]
+    m = int(np.prod(lead, dtype=np.int64))
     A3 = np.ascontiguousarray(
-        np.broadcast_to(A, lead + (n, n)).reshape(-1, n, n), dtype=dt
+        np.broadcast_to(A, lead + (n, n)).reshape(m, n, n), dtype=dt
     )
     B3 = np.ascontiguousarray(
-        np.broadcast_to(B, lead + (n, n)).reshape(-1, n, n), dtype=dt
+        np.broadcast_to(B, lead + (n, n)).reshape(m, n, n), dtype=dt
     )
     return A3, B3, lead, dt
 
@@ -59,7 +60,8 @@ def _pair(A, B, nameA, nameB):
 def _unary_root(A, inverse, name="A"):
     a = _psd_stack(A, name)
     n = a.shape[-1]
-    A3 = np.ascontiguousarray(a.reshape(-1, n, n))
+    m = int(np.prod(a.shape[:-2], dtype=np.int64))
+    A3 = np.ascontiguousarray(a.reshape(m, n, n))
     out = np.empty_like(A3)
     wmin = np.zeros(A3.shape[0])
     wmax = np.zeros(A3.shape[0])
