@@ -28,6 +28,8 @@ ARCHITECTURES = {
     "depth2-bottleneck": ((5, 3, 6), 6),
     "depth3-wide": ((6, 8, 7, 6), 6),
     "depth4-bottleneck": ((4, 5, 2, 5, 6), 6),
+    "depth3-latent-bottleneck": ((3, 5, 4, 6), 6),
+    "depth3-second-bottleneck": ((6, 7, 2, 6), 6),
     "depth2-singular": ((5, 3, 6), 4),
     "depth3-singular": ((4, 6, 5, 6), 4),
 }
