@@ -7,7 +7,7 @@ stay float32: in Numba, a Python float times a float32 array is float64.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ._config import JIT
 
@@ -153,20 +153,32 @@ def sqrtm_frechet_1(A, E):
 def _bw_squared_core(A, B):
     """Squared Bures-Wasserstein distance in the Procrustes form.
 
-    BW^2 = ||A^{1/2} - B^{1/2} Q||_F^2 with Q = V U^T the orthogonal polar
-    factor from the SVD A^{1/2} B^{1/2} = U S V^T. The difference is formed
-    before squaring, so nearly equal inputs keep their relative accuracy;
-    the bare trace formula tr A + tr B - 2 tr(...)^{1/2} cancels there.
-    An SVD of the product avoids the square root of A^{1/2} B A^{1/2},
-    whose rounding-level eigenvalues would add a spurious sqrt(eps) term.
-    Also returns the raw eigenvalue range of A and of B.
+    BW^2 = min over orthogonal Q of ||A^{1/2} - B^{1/2} Q||_F^2. With
+    A = QA diag(a) QA^T, B = QB diag(b) QB^T and the SVD
+    diag(sqrt a) QA^T QB diag(sqrt b) = U S V^T, orthogonal invariance of
+    the norm gives BW^2 = ||QA diag(sqrt a) U - QB diag(sqrt b) V||_F^2.
+    The difference is formed before squaring, so nearly equal inputs keep
+    their relative accuracy (the trace formula
+    tr A + tr B - 2 tr (A^{1/2} B A^{1/2})^{1/2} cancels there), it is a
+    sum of squares (never negative), and it is exactly 0 when A and B are
+    the same array. An SVD of the product is used rather than a square
+    root of A^{1/2} B A^{1/2}, whose rounding-level eigenvalues would add a
+    spurious sqrt(eps) term. Working in the eigenbases saves the GEMMs that
+    would form A^{1/2} and B^{1/2}. Also returns the raw eigenvalue ranges.
     """
+    n = A.shape[0]
     a, QA, alo, ahi = _eigh_psd(A)
     b, QB, blo, bhi = _eigh_psd(B)
-    RA = _from_eig(QA, _root_values(a, False))
-    RB = _from_eig(QB, _root_values(b, False))
-    U, _, Vt = np.linalg.svd(RA @ RB)
-    D = RA - (RB @ Vt.T) @ U.T
+    sa = _root_values(a, False)
+    sb = _root_values(b, False)
+    FA = QA * sa
+    FB = QB * sb
+    K = QA.T @ QB
+    for i in range(n):
+        for j in range(n):
+            K[i, j] = sa[i] * K[i, j] * sb[j]
+    U, _, Vt = np.linalg.svd(K)
+    D = FA @ np.ascontiguousarray(U) - FB @ np.ascontiguousarray(Vt.T)
     return _sumsq(D), alo, ahi, blo, bhi
 
 
@@ -211,37 +223,31 @@ def ot_map_1(A, B):
 
 
 # --------------------------------------------------------------------------
-# batched kernels over a (m, n, n) stack; outputs preallocated by the caller
+# batched kernels over a (m, n, n) stack; outputs preallocated by the caller.
+# Each has a serial and a parallel build of the same body: prange splits
+# only the batch, the per-matrix work stays serial, and the caller holds
+# BLAS to one thread around the parallel build.
 
 
-@njit(**JIT)
-def sqrtm_psd_batch(A, inverse, out, wmin, wmax):
-    for b in range(A.shape[0]):
+def _sqrtm_psd_batch(A, inverse, out, wmin, wmax):
+    for b in prange(A.shape[0]):
         a, Q, lo, hi = _eigh_psd(A[b])
         out[b] = _from_eig(Q, _root_values(a, inverse))
         wmin[b] = lo
         wmax[b] = hi
 
 
-@njit(**JIT)
-def eig_range_batch(A, wmin, wmax):
-    """Smallest and largest eigenvalue of each symmetrized matrix."""
-    for b in range(A.shape[0]):
-        w = np.linalg.eigvalsh(_sym_copy(A[b]))
-        wmin[b] = w[0]
-        wmax[b] = w[-1]
+def _sqrtm_frechet_batch(A, E, out, wmin, wmax):
+    for b in prange(A.shape[0]):
+        X, lo, hi = _frechet_core(A[b], E[b])
+        out[b] = X
+        wmin[b] = lo
+        wmax[b] = hi
 
 
-@njit(**JIT)
-def sqrtm_frechet_batch(A, E, out, wmin, wmax):
-    for b in range(A.shape[0]):
-        out[b], wmin[b], wmax[b] = _frechet_core(A[b], E[b])
-
-
-@njit(**JIT)
-def bw_squared_batch(A, B, out, wrange):
+def _bw_squared_batch(A, B, out, wrange):
     """wrange[b] = (min, max eigenvalue of A[b], min, max of B[b])."""
-    for b in range(A.shape[0]):
+    for b in prange(A.shape[0]):
         d, alo, ahi, blo, bhi = _bw_squared_core(A[b], B[b])
         out[b] = d
         wrange[b, 0] = alo
@@ -250,15 +256,32 @@ def bw_squared_batch(A, B, out, wrange):
         wrange[b, 3] = bhi
 
 
-@njit(**JIT)
-def ot_map_batch(A, B, out, wrange):
-    for b in range(A.shape[0]):
+def _ot_map_batch(A, B, out, wrange):
+    for b in prange(A.shape[0]):
         T, alo, ahi, blo, bhi = _ot_map_core(A[b], B[b])
         out[b] = T
         wrange[b, 0] = alo
         wrange[b, 1] = ahi
         wrange[b, 2] = blo
         wrange[b, 3] = bhi
+
+
+sqrtm_psd_batch = njit(**JIT)(_sqrtm_psd_batch)
+sqrtm_frechet_batch = njit(**JIT)(_sqrtm_frechet_batch)
+bw_squared_batch = njit(**JIT)(_bw_squared_batch)
+ot_map_batch = njit(**JIT)(_ot_map_batch)
+
+sqrtm_psd_batch_par = njit(parallel=True, **JIT)(_sqrtm_psd_batch)
+sqrtm_frechet_batch_par = njit(parallel=True, **JIT)(_sqrtm_frechet_batch)
+bw_squared_batch_par = njit(parallel=True, **JIT)(_bw_squared_batch)
+ot_map_batch_par = njit(parallel=True, **JIT)(_ot_map_batch)
+
+BATCH = {
+    "sqrtm_psd": (sqrtm_psd_batch, sqrtm_psd_batch_par),
+    "sqrtm_frechet": (sqrtm_frechet_batch, sqrtm_frechet_batch_par),
+    "bw_squared": (bw_squared_batch, bw_squared_batch_par),
+    "ot_map": (ot_map_batch, ot_map_batch_par),
+}
 
 
 # --------------------------------------------------------------------------

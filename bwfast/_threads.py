@@ -25,3 +25,22 @@ def blas_limit(size):
     if size >= SMALL:
         return contextlib.nullcontext()
     return _get_controller().limit(limits=1, user_api="blas")
+
+
+def run_batch(kernels, m, n, *args, parallel=None):
+    """Run a batched kernel: the parallel build when the batch has several
+    small matrices (BLAS then held to one thread), else the serial build
+    with BLAS threads left to the size rule of :func:`blas_limit`.
+
+    ``parallel`` forces the choice (True/False) when not None.
+    """
+    serial, par = kernels
+    use_par = (m >= 2 and n < SMALL) if parallel is None else bool(parallel)
+    if m == 0 or n == 0:
+        return
+    if use_par:
+        with _get_controller().limit(limits=1, user_api="blas"):
+            par(*args)
+    else:
+        with blas_limit(n):
+            serial(*args)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from . import _kernels as K
-from ._threads import blas_limit
+from ._threads import run_batch
 from ._validate import (
     check_finite,
     check_psd,
@@ -65,9 +65,7 @@ def _unary_root(A, inverse, name="A"):
     out = np.empty_like(A3)
     wmin = np.zeros(A3.shape[0])
     wmax = np.zeros(A3.shape[0])
-    if n > 0:
-        with blas_limit(A3.shape[-1]):
-            K.sqrtm_psd_batch(A3, inverse, out, wmin, wmax)
+    run_batch(K.BATCH["sqrtm_psd"], m, n, A3, inverse, out, wmin, wmax)
     check_psd(wmin, wmax, name, rtol_for(a.dtype))
     return out.reshape(a.shape)
 
@@ -180,9 +178,7 @@ def sqrtm_frechet(A, E):
     out = np.empty_like(A3)
     wmin = np.zeros(A3.shape[0])
     wmax = np.zeros(A3.shape[0])
-    if n > 0:
-        with blas_limit(A3.shape[-1]):
-            K.sqrtm_frechet_batch(A3, E3, out, wmin, wmax)
+    run_batch(K.BATCH["sqrtm_frechet"], A3.shape[0], n, A3, E3, out, wmin, wmax)
     check_psd(wmin, wmax, "A", rtol_for(A3.dtype))
     return out.reshape(lead + (n, n))
 
@@ -193,9 +189,7 @@ def _distance_stack(A, B):
     A3, B3, lead, dt = _pair(a, b, "A", "B")
     out = np.zeros(A3.shape[0])
     wr = np.zeros((A3.shape[0], 4))
-    if A3.shape[-1] > 0:
-        with blas_limit(A3.shape[-1]):
-            K.bw_squared_batch(A3, B3, out, wr)
+    run_batch(K.BATCH["bw_squared"], A3.shape[0], A3.shape[-1], A3, B3, out, wr)
     rtol = rtol_for(dt)
     check_psd(wr[:, 0], wr[:, 1], "A", rtol)
     check_psd(wr[:, 2], wr[:, 3], "B", rtol)
@@ -329,9 +323,7 @@ def ot_map(A, B):
     n = A3.shape[-1]
     out = np.empty_like(A3)
     wr = np.zeros((A3.shape[0], 4))
-    if n > 0:
-        with blas_limit(A3.shape[-1]):
-            K.ot_map_batch(A3, B3, out, wr)
+    run_batch(K.BATCH["ot_map"], A3.shape[0], n, A3, B3, out, wr)
     rtol = rtol_for(dt)
     check_psd(wr[:, 0], wr[:, 1], "A", rtol)
     check_psd(wr[:, 2], wr[:, 3], "B", rtol)
