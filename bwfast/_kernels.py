@@ -7,7 +7,7 @@ stay float32: in Numba, a Python float times a float32 array is float64.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
 
 from ._config import JIT
 
@@ -103,6 +103,36 @@ def _root_values(a, inverse):
         else:
             r[i] = 0.0
     return r
+
+
+# GEMM with beta = 1 through the BLAS that Numba itself binds (resolved by
+# symbol name, so kernels that use it stay cacheable); pointers are passed
+# untyped so that one declaration serves float32 and float64.
+_xxgemm = types.ExternalFunction(
+    "numba_xxgemm",
+    types.intc(
+        types.char, types.char, types.char, types.intp, types.intp, types.intp,
+        types.voidptr, types.voidptr, types.intp, types.voidptr, types.intp,
+        types.voidptr, types.voidptr, types.intp,
+    ),
+)
+
+
+@njit(**JIT)
+def gemm_nt_update(C, A, B, alpha):
+    """C += alpha * A @ B.T in place; C (r, c), A (r, k), B (c, k), all
+    C-contiguous of one float dtype.
+
+    Row-major C is column-major C^T, so this is C^T += alpha * B A^T in
+    column-major terms: B seen as its (k, c) transpose, A as (k, r).
+    """
+    r, c = C.shape
+    kk = A.shape[1]
+    al = np.full(1, alpha, C.dtype)
+    be = np.ones(1, C.dtype)
+    kind = ord("s") if C.itemsize == 4 else ord("d")
+    _xxgemm(kind, ord("T"), ord("N"), c, r, kk, al.ctypes, B.ctypes, kk,
+            A.ctypes, kk, be.ctypes, C.ctypes, c)
 
 
 # --------------------------------------------------------------------------
@@ -401,13 +431,29 @@ def e2e_grad_tau(W, R0, S0, tr0, tau, G):
 
 
 @njit(**JIT)
-def network_loss_grad(theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G):
-    """Loss and the gradient of every layer, written into grad.
+def _prefix_start(dims, j):
+    """Offset of P_j = W_j ... W_1 (j >= 2) in the prefix buffer."""
+    start = 0
+    for i in range(2, j):
+        start += dims[i] * dims[0]
+    return start
 
-    Prefix products P_j = W_j ... W_1 are formed once (in pbuf), the
-    end-to-end gradient G = dL/dW once, and the layer gradients
-    dL/dW_j = B_j P_{j-1}^T with B_N = G, B_{j-1} = W_j^T B_j, so the cost
-    is linear in depth and no product of two hidden-width matrices is formed.
+
+@njit(**JIT)
+def _prefix(theta, pbuf, dims, j):
+    """View of P_j = W_j ... W_1 (j >= 1): W_1 itself, or a pbuf slot."""
+    if j == 1:
+        return _view(theta, 0, dims[1], dims[0])
+    return _view(pbuf, _prefix_start(dims, j), dims[j], dims[0])
+
+
+@njit(**JIT)
+def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G):
+    """Prefix products (into pbuf), loss and end-to-end gradient G = dL/dW.
+
+    Returns (loss, ratio, measure) with measure = ||G||_F ||W||_F, the
+    first-order change of the loss under a relative perturbation of W
+    (-1 if G is not finite).
     """
     N = dims.shape[0] - 1
     d0 = dims[0]
@@ -440,95 +486,164 @@ def network_loss_grad(theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G
                 A = A @ _view(theta, off[j - 1], dims[j], dims[j - 1])
             if b == 0:
                 Bf = np.eye(d0, dtype=theta.dtype)
-            elif b == 1:
-                Bf = np.ascontiguousarray(_view(theta, off[0], dims[1], d0))
             else:
-                start = 0
-                for i in range(2, b):
-                    start += dims[i] * d0
-                Bf = np.ascontiguousarray(_view(pbuf, start, dims[b], d0))
+                Bf = np.ascontiguousarray(_prefix(theta, pbuf, dims, b))
         else:
             A = np.empty((0, 0), theta.dtype)
             Bf = np.empty((0, 0), theta.dtype)
         loss, ratio = e2e_grad_tau0(prev, R0, k, rank_rtol, G, A, Bf, factored)
 
-    # backward: B_j = (W_N ... W_{j+1})^T G
+    gs = 0.0
+    ws = 0.0
+    for i in range(G.shape[0]):
+        for j in range(G.shape[1]):
+            g = float(G[i, j])
+            w = float(prev[i, j])
+            gs += g * g
+            ws += w * w
+    meas = np.sqrt(gs) * np.sqrt(ws) if np.isfinite(gs) else -1.0
+    return loss, ratio, meas
+
+
+@njit(**JIT)
+def network_backward(theta, dims, pbuf, G, grad):
+    """Layer gradients dL/dW_j = B_j P_{j-1}^T into grad, with B_N = G and
+    B_{j-1} = W_j^T B_j: linear in depth, no product of two hidden-width
+    matrices."""
+    N = dims.shape[0] - 1
+    d0 = dims[0]
+    off = layer_offsets(dims)
     B = G
     for j in range(N, 0, -1):
         gj = _view(grad, off[j - 1], dims[j], dims[j - 1])
         if j == 1:
             gj[:, :] = B
         else:
-            start = 0
-            for i in range(2, j - 1):
-                start += dims[i] * d0
-            if j == 2:
-                Pprev = _view(theta, off[0], dims[1], d0)
-            else:
-                Pprev = _view(pbuf, start, dims[j - 1], d0)
+            Pprev = _prefix(theta, pbuf, dims, j - 1)
             np.dot(B, Pprev.T, gj)
             Wj = _view(theta, off[j - 1], dims[j], dims[j - 1])
             B = Wj.T @ B
+
+
+@njit(**JIT)
+def network_backward_update(theta, dims, pbuf, G, lr):
+    """Gradient step applied layer by layer in place: W_j -= lr B_j P_{j-1}^T.
+
+    Each layer gradient is a product of two thin factors (d_j x d_0 and
+    d_{j-1} x d_0), applied by one GEMM with beta = 1 straight into W_j, so
+    a step allocates only O(d_0 * width) and never an h x h temporary.
+    B_{j-1} = W_j^T B_j is formed from the old W_j before it is updated,
+    and the prefix products from the forward pass are still those of the
+    old weights, so this is exactly one gradient step.
+    """
+    N = dims.shape[0] - 1
+    d0 = dims[0]
+    off = layer_offsets(dims)
+    B = G
+    for j in range(N, 0, -1):
+        Wj = _view(theta, off[j - 1], dims[j], dims[j - 1])
+        if j == 1:
+            for r in range(dims[1]):
+                for c in range(d0):
+                    Wj[r, c] -= lr * B[r, c]
+        else:
+            Pprev = _prefix(theta, pbuf, dims, j - 1)
+            Bnext = Wj.T @ B
+            gemm_nt_update(Wj, B, Pprev, -lr)
+            B = Bnext
+
+
+@njit(**JIT)
+def network_loss_grad(theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G):
+    """Loss and the gradient of every layer, written into grad.
+
+    Prefix products P_j = W_j ... W_1 are formed once (in pbuf), the
+    end-to-end gradient G = dL/dW once, and the layer gradients by
+    network_backward. Returns (loss, ratio); see e2e_grad_tau0 for ratio.
+    """
+    loss, ratio, _ = network_forward(
+        theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G
+    )
+    network_backward(theta, dims, pbuf, G, grad)
     return loss, ratio
 
 
 @njit(**JIT)
-def optimality_measure(theta, grad, dims):
-    """max_j ||dL/dW_j||_F ||W_j||_F: the first-order change of the loss
-    under a relative perturbation of one layer; scale-free once divided by
-    tr S0. Returns -1 if the gradient is not finite."""
+def layer_measure(theta, dims, pbuf, G):
+    """max_j ||dL/dW_j||_F ||W_j||_F from G and the prefix products.
+
+    The first-order change of the loss under a relative perturbation of one
+    layer. The layer gradient B_j P_{j-1}^T is not formed: its norm is
+    <B_j^T B_j, P_{j-1}^T P_{j-1}> through d0 x d0 Gram matrices when d0 is
+    the smaller side, so the check costs O(width * d0^2) per layer.
+    """
     N = dims.shape[0] - 1
+    d0 = dims[0]
     off = layer_offsets(dims)
     best = 0.0
-    for j in range(N):
-        gs = 0.0
+    B = G
+    for j in range(N, 0, -1):
+        if j == 1:
+            gs = _sumsq(B)
+        else:
+            Pprev = _prefix(theta, pbuf, dims, j - 1)
+            if d0 <= min(dims[j], dims[j - 1]):
+                GB = B.T @ B
+                GP = Pprev.T @ Pprev
+                gs = 0.0
+                for r in range(d0):
+                    for c in range(d0):
+                        gs += float(GB[r, c]) * float(GP[r, c])
+                gs = max(gs, 0.0)
+            else:
+                gs = _sumsq(B @ Pprev.T)
         ws = 0.0
-        for i in range(off[j], off[j + 1]):
-            g = float(grad[i])
+        for i in range(off[j - 1], off[j]):
             w = float(theta[i])
-            gs += g * g
             ws += w * w
-        if not np.isfinite(gs):
-            return -1.0
         best = max(best, np.sqrt(gs) * np.sqrt(ws))
+        if j > 1:
+            B = _view(theta, off[j - 1], dims[j], dims[j - 1]).T @ B
     return best
 
 
 @njit(**JIT)
 def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
-            tol, div_limit, hist, every, grad, pbuf, G):
+            tol, div_limit, hist, every, pbuf, G):
     """Full-batch gradient descent in place on theta, from step start.
 
-    At each step the loss and gradient are evaluated at the current weights
-    and the loss is stored in hist[step // every] when step is a multiple of
-    every. The run stops, without updating, on convergence
-    (measure <= tol * tr0), on a non-finite or runaway loss or gradient (so
-    the weights stay at the last finite point), on a rank drop at tau = 0,
-    or at step == limit; otherwise the weights are updated. The call returns
-    RUNNING once step reaches stop < limit, so that the caller can report
-    progress. Returns (step, status, loss, measure), step being the number
-    of updates applied so far.
+    At each step the loss and G = dL/dW are evaluated at the current
+    weights. Every ``every`` steps (and at step == limit) the loss is
+    stored in hist[step // every] and the optimality measure
+    max_j ||dL/dW_j|| ||W_j|| is computed. The run stops, without updating,
+    on convergence (measure <= tol * tr0, checked at those steps), on a
+    non-finite or runaway loss or gradient (so the weights stay at the last
+    finite point), on a rank drop at tau = 0, or at step == limit; otherwise
+    every layer is updated in place. The call returns RUNNING once step
+    reaches stop < limit, so that the caller can report progress.
+    Returns (step, status, loss, measure), step being the number of updates
+    applied so far and measure the last one computed.
     """
     step = start
+    meas = np.nan
     while True:
-        loss, ratio = network_loss_grad(
-            theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G
+        loss, ratio, emeas = network_forward(
+            theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G
         )
+        check = step % every == 0 or step >= limit
         if step % every == 0:
             hist[step // every] = loss
-        if not np.isfinite(loss) or loss > div_limit:
-            return step, DIVERGED, loss, np.nan
-        meas = optimality_measure(theta, grad, dims)
-        if meas < 0.0:
+        if not np.isfinite(loss) or loss > div_limit or emeas < 0.0:
             return step, DIVERGED, loss, np.nan
         if tau <= 0.0 and ratio <= rank_rtol:
             return step, RANK_DROPPED, loss, meas
-        if meas <= tol * tr0:
-            return step, CONVERGED, loss, meas
+        if check:
+            meas = layer_measure(theta, dims, pbuf, G)
+            if meas <= tol * tr0:
+                return step, CONVERGED, loss, meas
         if step >= limit:
             return step, STEP_LIMIT, loss, meas
-        for i in range(theta.shape[0]):
-            theta[i] -= lr * grad[i]
+        network_backward_update(theta, dims, pbuf, G, lr)
         step += 1
         if step >= stop and step < limit:
             return step, RUNNING, loss, meas

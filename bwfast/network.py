@@ -185,8 +185,9 @@ def unpack(theta, dims):
 class Workspace:
     """Preallocated buffers for the network kernels of one architecture."""
 
-    def __init__(self, dims, dtype):
-        self.grad = np.empty(int(K.layer_offsets(dims)[-1]), dtype)
+    def __init__(self, dims, dtype, grad=True):
+        size = int(K.layer_offsets(dims)[-1]) if grad else 0
+        self.grad = np.empty(size, dtype)
         self.pbuf = np.empty(max(int(K.prefix_size(dims)), 1), dtype)
         self.G = np.empty((int(dims[-1]), int(dims[0])), dtype)
 

@@ -66,9 +66,13 @@ class FitResult:
         and the gap divided by the optimum (by tr Sigma0 when the optimum
         is zero).
     measure : float
-        Final optimality measure max_j ||dL/dW_j|| ||W_j|| / tr Sigma0.
+        Optimality measure max_j ||dL/dW_j||_F ||W_j||_F / tr Sigma0 at the
+        last check (checks run every ``record_every`` steps and at the end).
     balancedness : float
-        max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F at the end (0 for N = 1).
+        Relative balancedness defect at the end,
+        max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F / ||W_j W_j^T||_F
+        (0 for N = 1; exactly 0 at a balanced start, O(step) drift under
+        gradient descent).
     lr, tau, tol : float
     k : int
         Minimum width, the rank bound of W.
@@ -117,13 +121,19 @@ def default_lr(target, widths, tau=0.0):
     return 0.5 / (N * lam ** ((N - 1) / N))
 
 
-def balancedness(weights):
-    """max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F (0 for a single layer)."""
+def balancedness(weights, relative=True):
+    """max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F, divided by ||W_j W_j^T||_F
+    when ``relative`` (0 for a single layer)."""
     defect = 0.0
     for a, b in zip(weights[:-1], weights[1:]):
         a = np.asarray(a, dtype=np.float64)
         b = np.asarray(b, dtype=np.float64)
-        defect = max(defect, float(np.linalg.norm(b.T @ b - a @ a.T)))
+        gram = a @ a.T
+        d = float(np.linalg.norm(b.T @ b - gram))
+        if relative:
+            scale = float(np.linalg.norm(gram))
+            d = d / scale if scale > 0 else (0.0 if d == 0 else np.inf)
+        defect = max(defect, d)
     return defect
 
 
@@ -174,14 +184,21 @@ def _check_widths(widths, n):
     return np.array(dims, dtype=np.int64)
 
 
-def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=1e-7,
+# Default convergence tolerance per dtype: float32 gradients carry rounding
+# noise near 1e-6 of the scale, so 1e-7 would never be met there.
+DEFAULT_TOL = {np.dtype(np.float64): 1e-7, np.dtype(np.float32): 1e-5}
+
+
+def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         init="balanced", seed=0, record_every=10, dtype=np.float64,
         callback=None):
     """Train a deep linear network by full-batch gradient descent on the BW loss.
 
     Minimizes L_tau(W_1 .. W_N) = BW^2(W W^T + tau I, Sigma0) with
     W = W_N ... W_1. The descent loop runs in compiled code, in chunks of
-    2000 steps between calls of ``callback``.
+    2000 steps between calls of ``callback``; each step applies the layer
+    gradients in place, as products of thin factors, so it allocates no
+    copy of the weights.
 
     Parameters
     ----------
@@ -193,11 +210,12 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=1e-7,
         Step size; default :func:`default_lr`.
     steps : int, default 100000
         Step limit.
-    tol : float, default 1e-7
-        Converged when max_j ||dL/dW_j||_F ||W_j||_F <= tol * tr Sigma0
-        (the first-order change of the loss under a relative perturbation
-        of any one layer). For tau = 0 and k = n this bounds the loss by
-        about tol^2 tr Sigma0 / 4.
+    tol : float, optional
+        Default 1e-7 for float64, 1e-5 for float32. Converged when max_j ||dL/dW_j||_F ||W_j||_F <= tol * tr Sigma0: the
+        first-order change of the loss under a relative perturbation of any
+        one layer, made scale-free by the target's total variance. Checked
+        every ``record_every`` steps. For depth 1, tau = 0 and k = n,
+        ||dL/dW||^2 = 4 L, so it bounds the loss by about tol^2 tr Sigma0 / 4.
     init : 'balanced' or sequence of arrays
         'balanced': a random rank-k end-to-end matrix with the optimum's
         energy, factored by :func:`balanced_weights`, so the layers start
@@ -205,7 +223,7 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=1e-7,
     seed : int
         Seed of the initialization.
     record_every : int, default 10
-        Stride of the loss history.
+        Stride of the loss history and of the convergence check.
     dtype : {numpy.float64, numpy.float32}
         Arithmetic of the descent loop.
     callback : callable, optional
@@ -229,12 +247,15 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=1e-7,
     dims = _check_widths(widths, t.n)
     tau = scalar(tau, "tau", low=0.0)
     steps = scalar(steps, "steps", low=0, integer=True)
-    tol = scalar(tol, "tol", low=0.0)
     every = scalar(record_every, "record_every", low=1, integer=True)
     seed = None if seed is None else scalar(seed, "seed", low=0, integer=True)
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"`dtype` must be float32 or float64; got {dtype!r}") from None
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"`dtype` must be float32 or float64; got {dtype}")
+    tol = DEFAULT_TOL[dtype] if tol is None else scalar(tol, "tol", low=0.0)
     lr = default_lr(t, dims, tau) if lr is None else scalar(
         lr, "lr", low=0.0, strict=True
     )
@@ -246,7 +267,7 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=1e-7,
     rr = rank_rtol(dims, dtype)
     R0, S0 = t.arrays(dtype)
     theta = pack(_initial_weights(init, t, dims, seed, dtype), dtype)
-    work = Workspace(dims, dtype)
+    work = Workspace(dims, dtype, grad=False)  # updates are applied in place
     hist = np.full(steps // every + 1, np.nan)
 
     with blas_limit(int(dims.max())):
@@ -257,8 +278,8 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=1e-7,
 def _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k, k_eff, rr,
          R0, S0, theta, work, hist):
     start = time.perf_counter()
-    loss0, _ = K.network_loss_grad(
-        theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.grad, work.pbuf, work.G
+    loss0, _, _ = K.network_forward(
+        theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.pbuf, work.G
     )
     div_limit = _DIVERGENCE_FACTOR * max(loss0, t.trace, 1e-300)
     done, code = 0, K.RUNNING
@@ -266,7 +287,7 @@ def _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k, k_eff, rr,
         done, code, loss, meas = K.descend(
             theta, dims, R0, S0, t.trace, tau, k_eff, rr, lr, done,
             min(done + _CHUNK, steps), steps, tol, div_limit, hist, every,
-            work.grad, work.pbuf, work.G,
+            work.pbuf, work.G,
         )
         if callback is not None:
             callback(int(done), float(loss))

@@ -38,7 +38,10 @@ def test_digits_default_job_reaches_optimum(digits):
     np.testing.assert_allclose(learned, digits.eigvals[:16], rtol=1e-5)
     # balanced start, GD keeps it balanced up to O(step)
     assert np.isfinite(res.balancedness)
-    assert res.balancedness < 0.05 * np.trace(W @ W.T)
+    assert 0.0 < res.balancedness < 0.2  # relative O(step) drift
+    # exactly balanced at the start
+    start = fit(digits, DIGITS_WIDTHS, steps=0)
+    assert start.balancedness < 1e-12
 
 
 def test_full_rank_target_loss_below_1e9_trace():
@@ -125,7 +128,8 @@ def test_user_init_and_seed_reproducible():
 def test_float32_fit():
     rng = np.random.default_rng(8)
     S0 = random_pd(rng, 6)
-    res = fit(S0, (6, 3, 6), dtype=np.float32, tol=1e-5)
+    res = fit(S0, (6, 3, 6), dtype=np.float32)
+    assert res.tol == 1e-5
     assert res.weights[0].dtype == np.float32
     assert res.status is Status.CONVERGED, res.message
     assert abs(res.relative_gap) < 1e-4
