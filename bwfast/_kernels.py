@@ -66,23 +66,110 @@ def _trace(A):
     return acc
 
 
+# Matrices up to this size are diagonalized by cyclic Jacobi rotations
+# instead of LAPACK: for a 4 x 4 matrix a LAPACK call costs more in set-up
+# and workspace allocation than the few hundred flops of a Jacobi solve.
+JACOBI_MAX_N = 8
+_JACOBI_MAX_SWEEPS = 30
+
+
+@njit(**JIT)
+def jacobi_eigh_inplace(S, Q):
+    """Cyclic Jacobi eigenvalue iteration on the symmetric matrix S.
+
+    On return S is diagonal to working precision (its diagonal holds the
+    eigenvalues, unsorted) and Q holds the eigenvectors as columns. A pair
+    is rotated while |s_pq| > eps * sqrt(|s_pp s_qq|) (the relative test
+    that keeps small eigenvalues accurate), above an absolute floor of
+    eps^2 ||S||_F for singular matrices. Returns False if a sweep limit is
+    reached without convergence; the caller then falls back to LAPACK.
+    """
+    n = S.shape[0]
+    eps = np.finfo(S.dtype).eps
+    for i in range(n):
+        for j in range(n):
+            Q[i, j] = 1.0 if i == j else 0.0
+    fro = 0.0
+    for i in range(n):
+        for j in range(n):
+            fro += float(S[i, j]) * float(S[i, j])
+    floor = eps * eps * np.sqrt(fro)
+    for sweep in range(_JACOBI_MAX_SWEEPS):
+        rotated = False
+        for p in range(n - 1):
+            for q in range(p + 1, n):
+                apq = float(S[p, q])
+                app = float(S[p, p])
+                aqq = float(S[q, q])
+                if abs(apq) <= max(eps * np.sqrt(abs(app * aqq)), floor):
+                    S[p, q] = 0.0
+                    S[q, p] = 0.0
+                    continue
+                rotated = True
+                theta = (aqq - app) / (2.0 * apq)
+                if abs(theta) > 1e150:
+                    t = 0.5 / theta
+                else:
+                    t = 1.0 / (abs(theta) + np.sqrt(theta * theta + 1.0))
+                    if theta < 0.0:
+                        t = -t
+                c = 1.0 / np.sqrt(t * t + 1.0)
+                sn = t * c
+                # S <- J^T S J touches rows and columns p, q only; by
+                # symmetry one pass over k updates both, and the 2 x 2
+                # block has the closed form below.
+                for k in range(n):
+                    if k != p and k != q:
+                        skp = float(S[k, p])
+                        skq = float(S[k, q])
+                        vp = c * skp - sn * skq
+                        vq = sn * skp + c * skq
+                        S[k, p] = vp
+                        S[p, k] = vp
+                        S[k, q] = vq
+                        S[q, k] = vq
+                S[p, p] = app - t * apq
+                S[q, q] = aqq + t * apq
+                S[p, q] = 0.0
+                S[q, p] = 0.0
+                for k in range(n):
+                    qkp = float(Q[k, p])
+                    qkq = float(Q[k, q])
+                    Q[k, p] = c * qkp - sn * qkq
+                    Q[k, q] = sn * qkp + c * qkq
+        if not rotated:
+            return True
+    return False
+
+
 @njit(**JIT)
 def _eigh_psd(A):
     """Eigendecomposition of sym(A) with eigenvalues at or below the cutoff
-    n * eps * max(a) set to zero.
+    n * eps * max(a) set to zero (Jacobi for n <= JACOBI_MAX_N, else LAPACK).
 
-    Returns (a, Q, wmin, wmax): clamped eigenvalues (ascending), eigenvectors
+    Returns (a, Q, wmin, wmax): clamped eigenvalues (in no particular
+    order), eigenvectors
     (columns), and the raw smallest and largest eigenvalues, which the
     wrappers use to reject matrices that are clearly not PSD.
     """
     n = A.shape[0]
-    w, Q = np.linalg.eigh(_sym_copy(A))
-    wmax = w[n - 1]
+    S = _sym_copy(A)
+    done = False
+    if n <= JACOBI_MAX_N:
+        Q = np.empty((n, n), A.dtype)
+        done = jacobi_eigh_inplace(S, Q)
+        w = np.empty(n, A.dtype)
+        for i in range(n):
+            w[i] = S[i, i]
+    if not done:
+        w, QF = np.linalg.eigh(_sym_copy(A))
+        Q = np.ascontiguousarray(QF)
+    wmax = w.max()
     cutoff = n * np.finfo(A.dtype).eps * max(wmax, 0.0)
     a = np.empty(n, A.dtype)
     for i in range(n):
         a[i] = w[i] if w[i] > cutoff else 0.0
-    return a, Q, w[0], wmax
+    return a, Q, w.min(), wmax
 
 
 @njit(**JIT)
@@ -252,6 +339,23 @@ def ot_map_1(A, B):
     return _ot_map_core(A, B)[0]
 
 
+@njit(**JIT)
+def asymmetry_batch(A, asym, scale):
+    """Per matrix: max |a_ij - a_ji| and max |a_ij|, in one pass."""
+    n = A.shape[1]
+    for b in range(A.shape[0]):
+        X = A[b]
+        d = 0.0
+        m = 0.0
+        for i in range(n):
+            m = max(m, abs(float(X[i, i])))
+            for j in range(i):
+                d = max(d, abs(float(X[i, j]) - float(X[j, i])))
+                m = max(m, abs(float(X[i, j])), abs(float(X[j, i])))
+        asym[b] = d
+        scale[b] = m
+
+
 # --------------------------------------------------------------------------
 # batched kernels over a (m, n, n) stack; outputs preallocated by the caller.
 # Each has a serial and a parallel build of the same body: prange splits
@@ -260,11 +364,56 @@ def ot_map_1(A, B):
 
 
 def _sqrtm_psd_batch(A, inverse, out, wmin, wmax):
-    for b in prange(A.shape[0]):
-        a, Q, lo, hi = _eigh_psd(A[b])
-        out[b] = _from_eig(Q, _root_values(a, inverse))
-        wmin[b] = lo
-        wmax[b] = hi
+    m, n = A.shape[0], A.shape[1]
+    if n > JACOBI_MAX_N:
+        for b in prange(m):
+            a, Q, lo, hi = _eigh_psd(A[b])
+            out[b] = _from_eig(Q, _root_values(a, inverse))
+            wmin[b] = lo
+            wmax[b] = hi
+        return
+    # Small matrices: Jacobi with scratch arrays allocated once per chunk of
+    # the batch (allocation would otherwise cost as much as the solve) and
+    # the result assembled by loops rather than a BLAS call.
+    nchunks = min(m, 256)
+    eps = np.finfo(A.dtype).eps
+    for c in prange(nchunks):
+        S = np.empty((n, n), A.dtype)
+        Q = np.empty((n, n), A.dtype)
+        f = np.empty(n, A.dtype)
+        for b in range(c * m // nchunks, (c + 1) * m // nchunks):
+            X = A[b]
+            for i in range(n):
+                S[i, i] = X[i, i]
+                for j in range(i):
+                    v = 0.5 * (X[i, j] + X[j, i])
+                    S[i, j] = v
+                    S[j, i] = v
+            if jacobi_eigh_inplace(S, Q):
+                for i in range(n):
+                    f[i] = S[i, i]
+            else:
+                w, QF = np.linalg.eigh(_sym_copy(X))
+                Q[:, :] = QF
+                f[:] = w
+            lo = f.min()
+            hi = f.max()
+            cutoff = n * eps * max(hi, 0.0)
+            for i in range(n):
+                if f[i] > cutoff:
+                    f[i] = 1.0 / np.sqrt(f[i]) if inverse else np.sqrt(f[i])
+                else:
+                    f[i] = 0.0
+            Y = out[b]
+            for i in range(n):
+                for j in range(i + 1):
+                    acc = 0.0
+                    for k in range(n):
+                        acc += float(Q[i, k]) * float(f[k]) * float(Q[j, k])
+                    Y[i, j] = acc
+                    Y[j, i] = acc
+            wmin[b] = lo
+            wmax[b] = hi
 
 
 def _sqrtm_frechet_batch(A, E, out, wmin, wmax):

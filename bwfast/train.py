@@ -1,6 +1,7 @@
 """Gradient-descent training of deep linear networks with the BW loss."""
 
 import enum
+import functools
 import time
 from dataclasses import dataclass
 
@@ -92,7 +93,6 @@ class FitResult:
     gap: float
     relative_gap: float
     measure: float
-    balancedness: float
     lr: float
     tau: float
     tol: float
@@ -103,6 +103,12 @@ class FitResult:
     @property
     def converged(self):
         return self.status is Status.CONVERGED
+
+    @functools.cached_property
+    def balancedness(self):
+        """Relative balancedness defect of the final weights (computed on
+        first access: for square hidden layers of width h it costs O(h^3))."""
+        return balancedness(self.weights)
 
 
 def default_lr(target, widths, tau=0.0):
@@ -314,7 +320,7 @@ def _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k, k_eff, rr,
     return FitResult(
         weights=tuple(ws), losses=losses, loss_steps=rec, steps=int(done),
         status=status, message=message, loss=loss, optimum=opt, gap=gap,
-        relative_gap=rel, measure=measure, balancedness=balancedness(ws),
+        relative_gap=rel, measure=measure,
         lr=lr, tau=tau, tol=tol, k=k, widths=tuple(int(d) for d in dims),
         wall_time=wall,
     )

@@ -1,0 +1,337 @@
+"""Side-by-side timings of bwfast, bwfast.reference and the LAPACK/GEMM floor."""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels as K
+from . import reference
+from ._threads import blas_limit
+from .linalg import bures_wasserstein_squared, sqrtm_psd
+from .network import Target, Workspace, balanced_weights, loss_and_grad, pack
+from .network import rank_rtol
+from .train import default_lr
+
+__all__ = ["Case", "CASES", "run", "format_table"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark row: what is timed and the target it is held to."""
+
+    name: str
+    target: str
+    build: object  # callable(quick) -> dict of callables: bwfast, reference, floor
+
+
+def best_time(f, repeat=3, number=1):
+    """Best wall time of ``number`` calls, over ``repeat`` rounds (after a warm-up)."""
+    f()
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            f()
+        best = min(best, (time.perf_counter() - t0) / number)
+    return best
+
+
+def _spd(n, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, n))
+    return (X @ X.T / n + 0.1 * np.eye(n)).astype(dtype)
+
+
+def _layers(widths, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.standard_normal((b, a)) / np.sqrt(a)).astype(dtype)
+        for a, b in zip(widths[:-1], widths[1:])
+    ]
+
+
+def _gemm(n, m, k, dtype=np.float64):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((n, k)).astype(dtype)
+    B = rng.standard_normal((k, m)).astype(dtype)
+    return lambda: A @ B
+
+
+def stepper(target, widths, weights, tau, lr, steps):
+    """A callable running ``steps`` GD steps of the compiled loop in place
+    (the work of fit() without its set-up and result building)."""
+    dims = np.array(widths, dtype=np.int64)
+    dtype = weights[0].dtype
+    theta = pack(weights, dtype)
+    work = Workspace(dims, dtype, grad=False)
+    R0, S0 = target.arrays(dtype)
+    k = max(min(int(dims.min()), target.rank), 1)
+    rr = rank_rtol(dims, dtype)
+    hist = np.empty(steps + 1)
+
+    def run():
+        with blas_limit(int(dims.max())):
+            # convergence checks only at the first and the last step
+            K.descend(theta, dims, R0, S0, target.trace, tau, k, rr, lr, 0,
+                      steps, steps, 0.0, np.inf, hist, steps + 1, work.pbuf,
+                      work.G)
+
+    return run
+
+
+def _small_step(depth, tau):
+    def build(quick):
+        n = 20
+        widths = (n,) * (depth + 1)
+        cov = _spd(n)
+        t = Target(cov)
+        ws = balanced_weights(np.random.default_rng(0).standard_normal((n, n)) /
+                              np.sqrt(n), widths)
+        lr = default_lr(t, widths, tau)
+        steps = 200 if quick else 2000
+        fast = stepper(t, widths, ws, tau, lr, steps)
+
+        ref_steps = 5 if quick else 50
+
+        def ref():
+            w = ws
+            for _ in range(ref_steps):
+                w = reference.gd_step(w, cov, tau, lr)
+
+        # floor: the GEMMs of one step (3 per layer) and the one SVD or eigh
+        A = _spd(n, 3)
+        decomp = (lambda: np.linalg.svd(A)) if tau == 0 else (
+            lambda: np.linalg.eigh(A))
+
+        def floor():
+            with blas_limit(n):
+                for _ in range(3 * depth):
+                    A @ A
+                decomp()
+
+        return dict(bwfast=(fast, steps), reference=(ref, ref_steps),
+                    floor=(floor, 1))
+
+    return build
+
+
+def _big_loss(tau, bottleneck, dtype=np.float64):
+    def build(quick):
+        n = 256 if quick else 1024
+        k = n // 16 if bottleneck else n
+        widths = (n, k, n, n) if bottleneck else (n, n, n, n)
+        cov = _spd(n)
+        t = Target(cov)
+        ws = _layers(widths, dtype=dtype)
+        ws64 = _layers(widths)
+
+        def fast():
+            loss_and_grad(ws, t, tau)
+
+        def ref():
+            reference.loss_and_grad(ws64, cov, tau)
+
+        if tau > 0:
+            S = np.asarray(cov, dtype=dtype)
+            G = _gemm(n, n, n)
+
+            def floor():
+                np.linalg.eigh(S)
+                for _ in range(11):  # 4 forward, 3 in M^{-1/2} X, 4 backward
+                    G()
+        else:
+            G1 = _gemm(n, n, k)
+            G2 = _gemm(n, k, n)
+
+            def floor():
+                # R0 A, R0 U, U^T R0, U (U^T R0) and U V^T at n x k; the
+                # forward and backward products through the bottleneck
+                for _ in range(5):
+                    G1()
+                for _ in range(4):
+                    G2()
+
+        return dict(bwfast=(fast, 1), reference=(ref, 1), floor=(floor, 1))
+
+    return build
+
+
+def _wide_step(width):
+    def build(quick):
+        h = width // 4 if quick else width
+        n = 64
+        widths = (n, h, h, h, n)
+        cov = _spd(n)
+        t = Target(cov)
+        ws = _layers(widths)
+        lr = default_lr(t, widths)
+        fast = stepper(t, widths, ws, 0.0, lr, 2)
+
+        def ref():
+            reference.gd_step(ws, cov, 0.0, lr)
+
+        rng = np.random.default_rng(0)
+        A = rng.standard_normal((h, h))
+        B = rng.standard_normal((h, n))
+
+        def floor():
+            for _ in range(2):  # prefix product and backprop, hidden layers
+                A @ B
+                A.T @ B
+            for _ in range(2):  # rank-n updates of the hidden layers
+                B @ B.T
+
+        return dict(bwfast=(fast, 2), reference=(ref, 1), floor=(floor, 1))
+
+    return build
+
+
+def _batched_sqrtm(quick):
+    m = 10_000 if quick else 100_000
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((m, 4, 4))
+    A = X @ np.swapaxes(X, -1, -2) + 0.1 * np.eye(4)
+
+    def fast():
+        sqrtm_psd(A)
+
+    def numpy_eigh_route():
+        w, Q = np.linalg.eigh(A)
+        (Q * np.sqrt(np.maximum(w, 0))[..., None, :]) @ np.swapaxes(Q, -1, -2)
+
+    def floor():
+        np.linalg.eigh(A)
+
+    return dict(bwfast=(fast, 1), reference=(numpy_eigh_route, 1),
+                floor=(floor, 1))
+
+
+def _bw(quick):
+    n = 256 if quick else 1024
+    A = _spd(n, 0)
+    B = _spd(n, 1)
+
+    def fast():
+        bures_wasserstein_squared(A, B)
+
+    def ref():
+        reference.bures_wasserstein_squared(A, B)
+
+    C = A @ B
+
+    def floor():
+        np.linalg.eigh(A)
+        np.linalg.eigh(B)
+        np.linalg.svd(C)
+
+    return dict(bwfast=(fast, 1), reference=(ref, 1), floor=(floor, 1))
+
+
+def _float32(quick):
+    n = 256 if quick else 1024
+    widths = (n, n, n, n)
+    cov = _spd(n)
+    t = Target(cov)
+    w32 = _layers(widths, dtype=np.float32)
+    w64 = _layers(widths)
+    S = cov.astype(np.float32)
+    G = _gemm(n, n, n, np.float32)
+
+    def fast():
+        loss_and_grad(w32, t, 0.5)
+
+    def f64():
+        loss_and_grad(w64, t, 0.5)
+
+    def floor():
+        np.linalg.eigh(S)
+        for _ in range(11):
+            G()
+
+    return dict(bwfast=(fast, 1), reference=(f64, 1), floor=(floor, 1))
+
+
+CASES = [
+    Case("gd_step n=20 depth=10 tau=0", ">= 15x reference", _small_step(10, 0.0)),
+    Case("gd_step n=20 depth=10 tau=0.5", ">= 15x reference", _small_step(10, 0.5)),
+    Case("gd_step n=20 depth=100 tau=0", ">= 4x reference", _small_step(100, 0.0)),
+    Case("gd_step n=20 depth=100 tau=0.5", ">= 4x reference",
+         _small_step(100, 0.5)),
+    Case("loss_and_grad tau=0.5 n=1024 depth=3", ">= 4x reference, <= 1.3x floor",
+         _big_loss(0.5, False)),
+    Case("loss_and_grad tau=0 n=1024 k=64 depth=3", ">= 100x reference",
+         _big_loss(0.0, True)),
+    Case("gd_step n=64 width=2048 depth=4", "<= 1.3x floor", _wide_step(2048)),
+    Case("gd_step n=64 width=4096 depth=4", "<= 1.3x floor", _wide_step(4096)),
+    Case("sqrtm_psd 100000 x 4x4", ">= 3x numpy eigh route", _batched_sqrtm),
+    Case("bures_wasserstein n=1024", ">= 3x reference", _bw),
+    Case("float32 loss_and_grad tau=0.5 n=1024", ">= 1.5x float64 (reference column)",
+         _float32),
+]
+
+
+def run(names=None, quick=False, repeat=3):
+    """Time each case; returns a list of dict rows (seconds per call)."""
+    rows = []
+    for case in CASES:
+        if names and not any(s in case.name for s in names):
+            continue
+        fns = case.build(quick)
+        row = dict(name=case.name, target=case.target)
+        for key, (f, per) in fns.items():
+            row[key] = best_time(f, repeat=1 if key == "reference" else repeat) / per
+        row["speedup"] = row["reference"] / row["bwfast"]
+        row["over_floor"] = row["bwfast"] / row["floor"]
+        rows.append(row)
+    return rows
+
+
+def _rss_kib(field):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def step_memory(width=4096, steps=3, quick=False):
+    """Peak resident memory added by ``steps`` GD steps, and the weights' bytes.
+
+    Linux only: the kernel's peak-RSS mark is reset (/proc/self/clear_refs)
+    after the weights, workspaces and compiled code exist, so the difference
+    counts what the steps themselves allocate, NumPy and Numba alike.
+    """
+    h = width // 4 if quick else width
+    widths = (64, h, h, h, 64)
+    t = Target(_spd(64))
+    ws = _layers(widths)
+    run = stepper(t, widths, ws, 0.0, default_lr(t, widths), steps)
+    run()  # compile, warm the allocator
+    before = _rss_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    run()
+    peak = _rss_kib("VmHWM")
+    return 1024 * max(peak - before, 0), sum(w.nbytes for w in ws)
+
+
+def format_table(rows):
+    head = (f"{'case':<42} {'bwfast':>10} {'reference':>10} {'floor':>10} "
+            f"{'ref/bw':>7} {'bw/floor':>8}  target")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['name']:<42} {_fmt(r['bwfast'])} {_fmt(r['reference'])} "
+            f"{_fmt(r['floor'])} {r['speedup']:>6.1f}x {r['over_floor']:>7.2f}x  "
+            f"{r['target']}"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(seconds):
+    if seconds >= 1:
+        return f"{seconds:>8.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:>7.2f} ms"
+    return f"{seconds * 1e6:>7.1f} us"
