@@ -13,7 +13,7 @@ from .network import Target, Workspace, balanced_weights, loss_and_grad, pack
 from .network import rank_rtol
 from .train import default_lr
 
-__all__ = ["Case", "CASES", "run", "format_table"]
+__all__ = ["Case", "CASES", "run", "format_table", "step_memory", "plot_scaling"]
 
 
 @dataclass(frozen=True)
@@ -313,13 +313,15 @@ def step_memory(width=4096, steps=3, quick=False):
         fh.write("5")
     run()
     peak = _rss_kib("VmHWM")
-    return 1024 * max(peak - before, 0), sum(w.nbytes for w in ws)
+    return 1024 * max(peak - before, 0), sum(w.nbytes for w in ws), h
 
 
-def format_table(rows):
+def format_table(rows, quick=False):
+    note = ("quick mode: sizes reduced (n / 4, batch / 10); names give the "
+            "full sizes\n" if quick else "")
     head = (f"{'case':<42} {'bwfast':>10} {'reference':>10} {'floor':>10} "
             f"{'ref/bw':>7} {'bw/floor':>8}  target")
-    lines = [head, "-" * len(head)]
+    lines = ([note.rstrip()] if note else []) + [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['name']:<42} {_fmt(r['bwfast'])} {_fmt(r['reference'])} "
@@ -335,3 +337,33 @@ def _fmt(seconds):
     if seconds >= 1e-3:
         return f"{seconds * 1e3:>7.2f} ms"
     return f"{seconds * 1e6:>7.1f} us"
+
+
+def plot_scaling(path, quick=False):
+    """PNG of time against n for sqrtm_psd and bures_wasserstein."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [8, 32, 128, 256] if quick else [8, 32, 128, 256, 512, 1024]
+    ops = {
+        "sqrtm_psd": (sqrtm_psd, reference.sqrtm_psd, 1),
+        "bures_wasserstein_squared": (
+            bures_wasserstein_squared, reference.bures_wasserstein_squared, 2),
+    }
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, (name, (fast, ref, nargs)) in zip(axes, ops.items()):
+        for label, f, style in (("bwfast", fast, "o-"), ("reference", ref, "s--")):
+            times = []
+            for n in sizes:
+                args = [_spd(n, i) for i in range(nargs)]
+                times.append(best_time(lambda: f(*args), repeat=1 if n > 256 else 3))
+            ax.loglog(sizes, times, style, label=label)
+        ax.set_title(name)
+        ax.set_xlabel("n")
+        ax.set_ylabel("seconds per call")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -104,7 +104,63 @@ def _build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Later commands (bench, critical-points, sweep) register here the same way.
     _add_fit(commands)
+    _add_bench(commands)
     return parser
+
+
+def _add_bench(commands):
+    p = commands.add_parser(
+        "bench",
+        help="time bwfast against bwfast.reference and the LAPACK/GEMM floor",
+        description="Time each operation for bwfast, the SciPy reference and "
+        "the floor (the unavoidable LAPACK and GEMM calls of that operation, "
+        "timed alone) in one run, and print the two ratios.",
+    )
+    p.add_argument("--quick", action="store_true",
+                   help="smaller sizes, for a smoke run (seconds, not minutes)")
+    p.add_argument("--only", metavar="TEXT", action="append", default=None,
+                   help="run only the cases whose name contains TEXT (repeatable)")
+    p.add_argument("--repeat", type=_positive_int, default=3,
+                   help="best of this many rounds (default: 3)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure the memory a wide GD step allocates")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also draw time against size for sqrtm_psd and "
+                   "bures_wasserstein, bwfast and the reference (matplotlib)")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args):
+    from bwfast import bench
+
+    if args.plot is not None:
+        plot = Path(args.plot)
+        if plot.suffix.lower() != ".png":
+            raise _UsageError(f"--plot must name a .png file; got '{plot}'")
+        if plot.exists():
+            raise _UsageError(f"--plot file '{plot}' exists; not overwritten")
+    rows = bench.run(names=args.only, quick=args.quick, repeat=args.repeat)
+    if not rows:
+        raise _UsageError(f"--only {args.only} matches no benchmark case")
+    extra = {}
+    if args.memory:
+        peak, weights, width = bench.step_memory(quick=args.quick)
+        extra = {"step_peak_bytes": peak, "weights_bytes": weights,
+                 "step_peak_fraction": peak / weights, "width": width}
+    if args.json:
+        print(json.dumps({"rows": rows, **extra}, indent=2))
+    else:
+        print(bench.format_table(rows, quick=args.quick))
+        if extra:
+            print(f"\nmemory added by 3 GD steps (width {extra['width']}, depth 4): "
+                  f"{extra['step_peak_bytes'] / 2**20:.1f} MiB = "
+                  f"{100 * extra['step_peak_fraction']:.1f}% of the weights' "
+                  f"{extra['weights_bytes'] / 2**20:.0f} MiB")
+    if args.plot is not None:
+        bench.plot_scaling(args.plot, quick=args.quick)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _fit_defaults():
