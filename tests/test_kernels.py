@@ -110,3 +110,39 @@ def test_import_compiles_nothing():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == ["0", "0"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8])
+@pytest.mark.parametrize("kind", ["random", "singular", "repeated", "diagonal"])
+def test_jacobi_matches_lapack(n, kind):
+    rng = np.random.default_rng(10 + n)
+    Q0 = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    if kind == "random":
+        lam = rng.uniform(0.1, 10.0, n)
+    elif kind == "singular":
+        lam = np.where(np.arange(n) < n // 2, 0.0, rng.uniform(1, 2, n))
+    elif kind == "repeated":
+        lam = np.repeat([1.0, 3.0], (n + 1) // 2)[:n]
+    else:
+        lam = rng.uniform(0.1, 10.0, n)
+        Q0 = np.eye(n)
+    A = (Q0 * lam) @ Q0.T
+    S = A.copy()
+    Q = np.empty_like(A)
+    assert K.jacobi_eigh_inplace(S, Q)
+    w = np.diag(S)
+    np.testing.assert_allclose(np.sort(w), np.linalg.eigvalsh(A),
+                               atol=1e-14 * np.abs(lam).max())
+    np.testing.assert_allclose(Q.T @ Q, np.eye(n), atol=1e-14)
+    np.testing.assert_allclose((Q * w) @ Q.T, A, atol=1e-13 * np.abs(lam).max())
+
+
+def test_small_and_lapack_paths_agree_at_the_boundary():
+    # n = 8 goes through Jacobi, n = 9 through LAPACK: both square back
+    rng = np.random.default_rng(11)
+    for n in (K.JACOBI_MAX_N, K.JACOBI_MAX_N + 1):
+        X = rng.standard_normal((3, n, n - 2))
+        A = X @ np.swapaxes(X, -1, -2)  # singular, rank n - 2
+        S = bwfast.sqrtm_psd(A)
+        np.testing.assert_allclose(S @ S, A, atol=1e-12 * np.abs(A).max())
+        np.testing.assert_allclose(S, bwfast.reference.sqrtm_psd(A), atol=1e-6)
