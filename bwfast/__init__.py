@@ -20,6 +20,8 @@ from .network import (
 )
 from .train import FitResult, Status, balancedness, default_lr, fit
 
+from . import io, kernels, reference  # noqa: E402  (submodules as attributes)
+
 __version__ = "0.1.0"
 
 __all__ = [

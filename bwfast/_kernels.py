@@ -618,6 +618,16 @@ def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G):
         prev = Pj
         pos += dims[j] * d0
 
+    # an overflowed product (after a runaway step) must not reach LAPACK,
+    # which rejects non-finite input: report it as a non-finite loss
+    finite = True
+    for i in range(prev.shape[0]):
+        for j in range(prev.shape[1]):
+            if not np.isfinite(prev[i, j]):
+                finite = False
+    if not finite:
+        return np.inf, 0.0, -1.0
+
     # end-to-end loss and gradient
     if tau > 0.0:
         loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G)
@@ -758,14 +768,14 @@ def layer_measure(theta, dims, pbuf, G):
 
 @njit(**JIT)
 def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
-            tol, div_limit, hist, every, pbuf, G):
+            tol_abs, div_limit, hist, every, pbuf, G):
     """Full-batch gradient descent in place on theta, from step start.
 
     At each step the loss and G = dL/dW are evaluated at the current
     weights. Every ``every`` steps (and at step == limit) the loss is
     stored in hist[step // every] and the optimality measure
     max_j ||dL/dW_j|| ||W_j|| is computed. The run stops, without updating,
-    on convergence (measure <= tol * tr0, checked at those steps), on a
+    on convergence (measure <= tol_abs, checked at those steps), on a
     non-finite or runaway loss or gradient (so the weights stay at the last
     finite point), on a rank drop at tau = 0, or at step == limit; otherwise
     every layer is updated in place. The call returns RUNNING once step
@@ -788,7 +798,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
             return step, RANK_DROPPED, loss, meas
         if check:
             meas = layer_measure(theta, dims, pbuf, G)
-            if meas <= tol * tr0:
+            if meas <= tol_abs:
                 return step, CONVERGED, loss, meas
         if step >= limit:
             return step, STEP_LIMIT, loss, meas

@@ -88,6 +88,11 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\nbwfast: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (e.g. `bwfast fit | head -1`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 # --- parser ------------------------------------------------------------------
@@ -206,7 +211,8 @@ def _add_fit(commands):
         metavar="D0,...,DN",
         type=_widths,
         help="layer widths from latent to data; DN must equal the target "
-        f"dimension n (default: n,h,h,n with h = min({_DEFAULT_HIDDEN}, n))",
+        f"dimension n (default: n,h,h,n with h = min({_DEFAULT_HIDDEN}, rank of "
+        "the target))",
     )
     net.add_argument(
         "--tau",
@@ -352,7 +358,7 @@ def _run_fit(args):
 
     # Validate everything before training: a bad option fails in a second.
     target, source, kind, notes = _fit_target(args)
-    widths = _fit_widths(args.widths, target.n)
+    widths = _fit_widths(args.widths, target.n, target.rank)
     out_dir = None if args.out is None else Path(args.out)
     if out_dir is not None:
         _check_out_dir(out_dir, args.force)
@@ -383,7 +389,8 @@ def _run_fit(args):
             warnings.simplefilter("always")
             result = bwfast.fit(target, widths, callback=progress, **kwargs)
     except np.linalg.LinAlgError as exc:  # before ValueError, its base class
-        return _fail(f"numerical failure: {_one_line(exc)}", EXIT_FAILURE)
+        return _fail(f"numerical failure: {_one_line(exc)}; try a smaller --lr",
+                     EXIT_FAILURE)
     except (ValueError, TypeError) as exc:
         raise _UsageError(_one_line(exc)) from exc
     for w in _unique_warnings(caught):
@@ -428,9 +435,12 @@ def _fit_target(args):
     return target, args.target, kind, notes
 
 
-def _fit_widths(widths, n):
+def _fit_widths(widths, n, rank=None):
     if widths is None:
-        h = min(_DEFAULT_HIDDEN, n)
+        # a bottleneck no wider than the target's rank keeps the optimum
+        # non-degenerate (a wider one leaves directions that decay only
+        # polynomially under gradient descent)
+        h = max(1, min(_DEFAULT_HIDDEN, n, n if rank is None else rank))
         return (n, h, h, n)
     if widths[-1] != n:
         raise _UsageError(
@@ -453,6 +463,7 @@ class _Progress:
 
         self.bar = tqdm(
             total=self.total,
+            desc="steps (of the limit)",
             unit="step",
             file=sys.stderr,
             leave=False,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _kernels as K
+from ._errors import BWLinAlgError
 from ._threads import blas_limit
 from ._validate import scalar
 from .network import (
@@ -67,8 +68,9 @@ class FitResult:
         and the gap divided by the optimum (by tr Sigma0 when the optimum
         is zero).
     measure : float
-        Optimality measure max_j ||dL/dW_j||_F ||W_j||_F / tr Sigma0 at the
-        last check (checks run every ``record_every`` steps and at the end).
+        Optimality measure max_j ||dL/dW_j||_F ||W_j||_F / (tr Sigma0 + n tau)
+        at the last check (checks run every ``record_every`` steps and at the
+        end); the denominator is 1 if it would be zero.
     balancedness : float
         Relative balancedness defect at the end,
         max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F / ||W_j W_j^T||_F
@@ -134,11 +136,16 @@ def balancedness(weights, relative=True):
     for a, b in zip(weights[:-1], weights[1:]):
         a = np.asarray(a, dtype=np.float64)
         b = np.asarray(b, dtype=np.float64)
-        gram = a @ a.T
-        d = float(np.linalg.norm(b.T @ b - gram))
+        with np.errstate(over="ignore", invalid="ignore"):
+            gram = a @ a.T
+            d = float(np.linalg.norm(b.T @ b - gram))
+            gnorm = float(np.linalg.norm(gram))
+        if not np.isfinite(d):
+            return np.inf
         if relative:
-            scale = float(np.linalg.norm(gram))
-            d = d / scale if scale > 0 else (0.0 if d == 0 else np.inf)
+            if not np.isfinite(gnorm):
+                return np.inf
+            d = d / gnorm if gnorm > 0 else (0.0 if d == 0 else np.inf)
         defect = max(defect, d)
     return defect
 
@@ -217,9 +224,10 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
     steps : int, default 100000
         Step limit.
     tol : float, optional
-        Default 1e-7 for float64, 1e-5 for float32. Converged when max_j ||dL/dW_j||_F ||W_j||_F <= tol * tr Sigma0: the
+        Default 1e-7 for float64, 1e-5 for float32. Converged when
+        max_j ||dL/dW_j||_F ||W_j||_F <= tol * (tr Sigma0 + n tau): the
         first-order change of the loss under a relative perturbation of any
-        one layer, made scale-free by the target's total variance. Checked
+        one layer, made scale-free by the model's total variance. Checked
         every ``record_every`` steps. For depth 1, tau = 0 and k = n,
         ||dL/dW||^2 = 4 L, so it bounds the loss by about tol^2 tr Sigma0 / 4.
     init : 'balanced' or sequence of arrays
@@ -276,27 +284,41 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
     work = Workspace(dims, dtype, grad=False)  # updates are applied in place
     hist = np.full(steps // every + 1, np.nan)
 
-    with blas_limit(int(dims.max())):
-        return _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k,
-                    k_eff, rr, R0, S0, theta, work, hist)
+    try:
+        with blas_limit(int(dims.max())):
+            return _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k,
+                        k_eff, rr, R0, S0, theta, work, hist)
+    except np.linalg.LinAlgError as exc:
+        if isinstance(exc, BWLinAlgError):
+            raise
+        raise BWLinAlgError(
+            f"a LAPACK call failed during training ({exc}); try a smaller lr"
+        ) from exc
 
 
 def _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k, k_eff, rr,
          R0, S0, theta, work, hist):
     start = time.perf_counter()
+    # scale of the convergence test and of divergence: the target's total
+    # variance plus the isotropic part (1 if both vanish)
+    scale = t.trace + t.n * tau or 1.0
     loss0, _, _ = K.network_forward(
         theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.pbuf, work.G
     )
-    div_limit = _DIVERGENCE_FACTOR * max(loss0, t.trace, 1e-300)
+    div_limit = _DIVERGENCE_FACTOR * max(loss0, scale)
     done, code = 0, K.RUNNING
+    chunk = 100 if callback is not None else steps
     while code == K.RUNNING:
         done, code, loss, meas = K.descend(
             theta, dims, R0, S0, t.trace, tau, k_eff, rr, lr, done,
-            min(done + _CHUNK, steps), steps, tol, div_limit, hist, every,
+            min(done + chunk, steps), steps, tol * scale, div_limit, hist, every,
             work.pbuf, work.G,
         )
         if callback is not None:
             callback(int(done), float(loss))
+            # aim at a progress report about every 0.2 s
+            per_step = (time.perf_counter() - start) / max(done, 1)
+            chunk = int(min(max(0.2 / max(per_step, 1e-9), every), 1_000_000))
     wall = time.perf_counter() - start
 
     status = _FROM_CODE[code]
@@ -314,7 +336,6 @@ def _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k, k_eff, rr,
     loss = float(loss)
     gap = loss - opt
     rel = gap / opt if opt > 0 else (gap / t.trace if t.trace > 0 else gap)
-    scale = t.trace if t.trace > 0 else 1.0
     measure = float(meas) / scale
     message = _message(status, done, loss, measure, tol, lr)
     return FitResult(
@@ -332,7 +353,7 @@ def _message(status, steps, loss, measure, tol, lr):
                 f"{measure:.2e} <= tol {tol:.1e}")
     if status is Status.STEP_LIMIT:
         return (f"step limit {steps} reached with optimality measure "
-                f"{measure:.2e} > tol {tol:.1e}; raise --steps or the step size")
+                f"{measure:.2e} > tol {tol:.1e}; raise steps, or loosen tol")
     if status is Status.DIVERGED:
         return (f"diverged at step {steps} (loss {loss:.3g}); the weights are "
                 f"the last finite iterate; lower the step size (lr = {lr:.3g})")

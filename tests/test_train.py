@@ -176,4 +176,24 @@ def test_callback_sees_progress():
     seen = []
     fit(random_pd(rng, 4), (4, 4), steps=4500, tol=0.0,
         callback=lambda s, l: seen.append((s, l)))
-    assert [s for s, _ in seen] == [2000, 4000, 4500]
+    steps = [s for s, _ in seen]
+    assert steps[0] == 100  # a short first chunk, then about 0.2 s each
+    assert steps[-1] == 4500
+    assert steps == sorted(set(steps))
+    assert all(np.isfinite(l) for _, l in seen)
+
+
+@pytest.mark.parametrize("lr", [1e3, 1e120, 1e300])
+def test_runaway_step_sizes_end_as_diverged(lr):
+    # a step so large that the next product overflows must not reach LAPACK
+    rng = np.random.default_rng(13)
+    res = fit(random_pd(rng, 5), (5, 3, 3, 5), lr=lr, steps=100)
+    assert res.status is Status.DIVERGED, res.message
+    assert all(np.isfinite(w).all() for w in res.weights)
+
+
+def test_zero_target_with_tau_converges():
+    res = fit(np.zeros((3, 3)), (3, 3, 3), tau=0.1)
+    assert res.status is Status.CONVERGED, res.message
+    assert res.optimum == pytest.approx(0.3)
+    assert res.relative_gap < 1e-6
