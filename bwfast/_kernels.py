@@ -25,15 +25,21 @@ RANK_DROPPED = 4
 
 @njit(**JIT)
 def _sym_copy(A):
-    """Return (A + A^T) / 2 as a new C-contiguous array."""
+    """Return (A + A^T) / 2 as a new C-contiguous array.
+
+    Walked in 32 x 32 tiles: a plain double loop reads A[j, i] with stride
+    n, which for n = 1024 cost a third of the eigendecomposition itself.
+    """
     n = A.shape[0]
     S = np.empty((n, n), A.dtype)
-    for i in range(n):
-        S[i, i] = A[i, i]
-        for j in range(i):
-            v = 0.5 * (A[i, j] + A[j, i])
-            S[i, j] = v
-            S[j, i] = v
+    bs = 32
+    for i0 in range(0, n, bs):
+        for j0 in range(0, i0 + 1, bs):
+            for i in range(i0, min(i0 + bs, n)):
+                for j in range(j0, min(j0 + bs, i + 1)):
+                    v = 0.5 * (A[i, j] + A[j, i])
+                    S[i, j] = v
+                    S[j, i] = v
     return S
 
 
@@ -143,7 +149,7 @@ def jacobi_eigh_inplace(S, Q):
 
 
 @njit(**JIT)
-def _eigh_psd(A):
+def _eigh_psd(A, symmetric=False):
     """Eigendecomposition of sym(A) with eigenvalues at or below the cutoff
     n * eps * max(a) set to zero (Jacobi for n <= JACOBI_MAX_N, else LAPACK).
 
@@ -153,17 +159,19 @@ def _eigh_psd(A):
     wrappers use to reject matrices that are clearly not PSD.
     """
     n = A.shape[0]
-    S = _sym_copy(A)
     done = False
     if n <= JACOBI_MAX_N:
-        Q = np.empty((n, n), A.dtype)
+        S = _sym_copy(A)
+        # column-major like LAPACK's eigenvectors, so both branches type alike
+        Q = np.empty((n, n), A.dtype).T
         done = jacobi_eigh_inplace(S, Q)
         w = np.empty(n, A.dtype)
         for i in range(n):
             w[i] = S[i, i]
     if not done:
-        w, QF = np.linalg.eigh(_sym_copy(A))
-        Q = np.ascontiguousarray(QF)
+        # LAPACK reads one triangle only: a matrix built symmetric inside
+        # bwfast needs no averaging copy
+        w, Q = np.linalg.eigh(A if symmetric else _sym_copy(A))
     wmax = w.max()
     cutoff = n * np.finfo(A.dtype).eps * max(wmax, 0.0)
     a = np.empty(n, A.dtype)
@@ -312,18 +320,22 @@ def _ot_map_core(A, B):
     T = A^{-1/2} (A^{1/2} B A^{1/2})^{1/2} A^{-1/2}, evaluated in the
     eigenbasis of A; for singular A the inverse root acts on the range of A
     (the map is defined on the support of N(0, A) only). Also returns the
-    raw eigenvalue ranges of A and of A^{1/2} B A^{1/2} (PSD iff B is, on
-    the range of A).
+    raw eigenvalue ranges of A and of B.
     """
     n = A.shape[0]
     a, Q, alo, ahi = _eigh_psd(A)
     s = _root_values(a, False)
     si = _root_values(a, True)
+    # B's own spectrum: on a singular A the map only sees B on range(A),
+    # where an indefinite B could pass unnoticed
+    wb = np.linalg.eigvalsh(_sym_copy(B))
     C = Q.T @ (B @ Q)
     for i in range(n):
         for j in range(n):
             C[i, j] = s[i] * C[i, j] * s[j]
-    c, QC, blo, bhi = _eigh_psd(C)
+    c, QC, _, _ = _eigh_psd(C)
+    blo = wb.min()
+    bhi = wb.max()
     R = _from_eig(QC, _root_values(c, False))
     for i in range(n):
         for j in range(n):
@@ -337,6 +349,16 @@ def _ot_map_core(A, B):
 def ot_map_1(A, B):
     """Symmetric linear OT map from N(0, A) to N(0, B)."""
     return _ot_map_core(A, B)[0]
+
+
+@njit(**JIT)
+def absmax_batch(A, out):
+    """Per matrix: max |a_ij|."""
+    for b in range(A.shape[0]):
+        m = 0.0
+        for v in A[b].ravel():
+            m = max(m, abs(float(v)))
+        out[b] = m
 
 
 @njit(**JIT)
@@ -358,15 +380,15 @@ def asymmetry_batch(A, asym, scale):
 
 # --------------------------------------------------------------------------
 # batched kernels over a (m, n, n) stack; outputs preallocated by the caller.
-# Each has a serial and a parallel build of the same body: prange splits
-# only the batch, the per-matrix work stays serial, and the caller holds
-# BLAS to one thread around the parallel build.
+# Each has a serial kernel and a parallel one that splits only the batch
+# (the per-matrix work stays serial); the caller holds BLAS to one thread
+# around the parallel kernel.
 
 
 def _sqrtm_psd_batch(A, inverse, out, wmin, wmax):
     m, n = A.shape[0], A.shape[1]
     if n > JACOBI_MAX_N:
-        for b in prange(m):
+        for b in range(m):
             a, Q, lo, hi = _eigh_psd(A[b])
             out[b] = _from_eig(Q, _root_values(a, inverse))
             wmin[b] = lo
@@ -377,7 +399,7 @@ def _sqrtm_psd_batch(A, inverse, out, wmin, wmax):
     # the result assembled by loops rather than a BLAS call.
     nchunks = min(m, 256)
     eps = np.finfo(A.dtype).eps
-    for c in prange(nchunks):
+    for c in range(nchunks):
         S = np.empty((n, n), A.dtype)
         Q = np.empty((n, n), A.dtype)
         f = np.empty(n, A.dtype)
@@ -417,7 +439,7 @@ def _sqrtm_psd_batch(A, inverse, out, wmin, wmax):
 
 
 def _sqrtm_frechet_batch(A, E, out, wmin, wmax):
-    for b in prange(A.shape[0]):
+    for b in range(A.shape[0]):
         X, lo, hi = _frechet_core(A[b], E[b])
         out[b] = X
         wmin[b] = lo
@@ -426,7 +448,7 @@ def _sqrtm_frechet_batch(A, E, out, wmin, wmax):
 
 def _bw_squared_batch(A, B, out, wrange):
     """wrange[b] = (min, max eigenvalue of A[b], min, max of B[b])."""
-    for b in prange(A.shape[0]):
+    for b in range(A.shape[0]):
         d, alo, ahi, blo, bhi = _bw_squared_core(A[b], B[b])
         out[b] = d
         wrange[b, 0] = alo
@@ -436,7 +458,7 @@ def _bw_squared_batch(A, B, out, wrange):
 
 
 def _ot_map_batch(A, B, out, wrange):
-    for b in prange(A.shape[0]):
+    for b in range(A.shape[0]):
         T, alo, ahi, blo, bhi = _ot_map_core(A[b], B[b])
         out[b] = T
         wrange[b, 0] = alo
@@ -450,10 +472,54 @@ sqrtm_frechet_batch = njit(**JIT)(_sqrtm_frechet_batch)
 bw_squared_batch = njit(**JIT)(_bw_squared_batch)
 ot_map_batch = njit(**JIT)(_ot_map_batch)
 
-sqrtm_psd_batch_par = njit(parallel=True, **JIT)(_sqrtm_psd_batch)
-sqrtm_frechet_batch_par = njit(parallel=True, **JIT)(_sqrtm_frechet_batch)
-bw_squared_batch_par = njit(parallel=True, **JIT)(_bw_squared_batch)
-ot_map_batch_par = njit(parallel=True, **JIT)(_ot_map_batch)
+
+# Parallel builds: prange over contiguous chunks of the batch, each chunk
+# handed to the serial kernel. They are functions of their own rather than
+# njit(parallel=True) applied to the same body, because Numba's disk cache
+# keys on the function and not on its options: two builds of one body
+# would share a cache entry, and whichever compiled first would serve both.
+
+@njit(**JIT)
+def _chunks(m):
+    return min(m, 64)
+
+
+@njit(parallel=True, **JIT)
+def sqrtm_psd_batch_par(A, inverse, out, wmin, wmax):
+    m = A.shape[0]
+    c = _chunks(m)
+    for i in prange(c):
+        lo, hi = i * m // c, (i + 1) * m // c
+        sqrtm_psd_batch(A[lo:hi], inverse, out[lo:hi], wmin[lo:hi], wmax[lo:hi])
+
+
+@njit(parallel=True, **JIT)
+def sqrtm_frechet_batch_par(A, E, out, wmin, wmax):
+    m = A.shape[0]
+    c = _chunks(m)
+    for i in prange(c):
+        lo, hi = i * m // c, (i + 1) * m // c
+        sqrtm_frechet_batch(A[lo:hi], E[lo:hi], out[lo:hi], wmin[lo:hi],
+                            wmax[lo:hi])
+
+
+@njit(parallel=True, **JIT)
+def bw_squared_batch_par(A, B, out, wrange):
+    m = A.shape[0]
+    c = _chunks(m)
+    for i in prange(c):
+        lo, hi = i * m // c, (i + 1) * m // c
+        bw_squared_batch(A[lo:hi], B[lo:hi], out[lo:hi], wrange[lo:hi])
+
+
+@njit(parallel=True, **JIT)
+def ot_map_batch_par(A, B, out, wrange):
+    m = A.shape[0]
+    c = _chunks(m)
+    for i in prange(c):
+        lo, hi = i * m // c, (i + 1) * m // c
+        ot_map_batch(A[lo:hi], B[lo:hi], out[lo:hi], wrange[lo:hi])
+
 
 BATCH = {
     "sqrtm_psd": (sqrtm_psd_batch, sqrtm_psd_batch_par),
@@ -551,10 +617,16 @@ def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
 def e2e_grad_tau(W, R0, S0, tr0, tau, G):
     """Loss and end-to-end gradient for tau > 0 through one eigendecomposition.
 
-    M = R0 (W W^T + tau I) R0 = X X^T + tau S0 with X = R0 W, and
-    G = 2 (W - R0 M^{-1/2} X), the inverse root taken on the range of M.
-    M^{-1/2} is applied to the n x d0 matrix X rather than formed, so no
-    n x n x n product is needed beyond the eigendecomposition.
+    M = R0 (W W^T + tau I) R0 = X X^T + tau S0 with X = R0 W, and with the
+    inverse root taken on the range of M, T = R0 M^{-1/2} R0 = Z Z^T for
+    Z = R0 Q diag(mu^{-1/4}). Then G = 2 (W - T W), and the loss is taken in
+    the split form ||(I - T) F||^2 = ||G / 2||^2 + tau ||I - T||_F^2 with
+    F = [W, sqrt(tau) I] (the term ||(I - P) R0||^2 of the factor form
+    vanishes, since R0 maps into the range P of M). Both parts are sums of
+    squares: the loss is never negative and keeps its relative accuracy
+    near the optimum, where tr Sigma + tr S0 - 2 tr M^{1/2} cancels.
+    Forming T costs two n x n x n products, in place of the three n x n x d0
+    products of applying M^{-1/2} to X directly (the same for d0 = n).
     """
     n = W.shape[0]
     X = R0 @ W
@@ -562,21 +634,25 @@ def e2e_grad_tau(W, R0, S0, tr0, tau, G):
     for i in range(n):
         for j in range(n):
             M[i, j] += tau * S0[i, j]
-    a, Q, _, _ = _eigh_psd(M)
-    r = _root_values(a, False)
-    ri = _root_values(a, True)
-    loss = _sumsq(W) + n * tau + tr0
+    a, Q, _, _ = _eigh_psd(M, True)
+    r4 = np.empty_like(a)
     for i in range(n):
-        loss -= 2.0 * float(r[i])
-    Y = Q.T @ X
-    for i in range(n):
-        for j in range(Y.shape[1]):
-            Y[i, j] *= ri[i]
-    P = R0 @ (Q @ Y)
+        r4[i] = 1.0 / np.sqrt(np.sqrt(a[i])) if a[i] > 0.0 else 0.0
+    Z = R0 @ (Q * r4)
+    T = Z @ Z.T
+    TW = T @ W
+    loss = 0.0
     for i in range(n):
         for j in range(W.shape[1]):
-            G[i, j] = 2 * (W[i, j] - P[i, j])
-    return max(loss, 0.0), 1.0
+            d = W[i, j] - TW[i, j]
+            G[i, j] = 2 * d
+            loss += float(d) * float(d)
+    off = 0.0
+    for i in range(n):
+        for j in range(n):
+            d = (1.0 if i == j else 0.0) - float(T[i, j])
+            off += d * d
+    return loss + tau * off, 1.0
 
 
 @njit(**JIT)
@@ -768,12 +844,12 @@ def layer_measure(theta, dims, pbuf, G):
 
 @njit(**JIT)
 def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
-            tol_abs, div_limit, hist, every, pbuf, G):
+            tol_abs, div_limit, hist, hbase, every, pbuf, G):
     """Full-batch gradient descent in place on theta, from step start.
 
     At each step the loss and G = dL/dW are evaluated at the current
     weights. Every ``every`` steps (and at step == limit) the loss is
-    stored in hist[step // every] and the optimality measure
+    stored in hist[step // every - hbase] and the optimality measure
     max_j ||dL/dW_j|| ||W_j|| is computed. The run stops, without updating,
     on convergence (measure <= tol_abs, checked at those steps), on a
     non-finite or runaway loss or gradient (so the weights stay at the last
@@ -791,7 +867,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
         )
         check = step % every == 0 or step >= limit
         if step % every == 0:
-            hist[step // every] = loss
+            hist[step // every - hbase] = loss
         if not np.isfinite(loss) or loss > div_limit or emeas < 0.0:
             return step, DIVERGED, loss, np.nan
         if tau <= 0.0 and ratio <= rank_rtol:

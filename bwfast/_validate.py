@@ -18,12 +18,17 @@ def as_float_array(x, name):
     Anything else (bool, complex, float16, longdouble, object) is a
     TypeError naming the dtype.
     """
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"`{name}` must be a rectangular array: {exc}") from None
+    if isinstance(x, np.ma.MaskedArray) and np.ma.is_masked(x):
+        raise ValueError(f"`{name}` has masked entries; fill or drop them first")
     kind = a.dtype.kind
     if kind in "iu":
         return a.astype(np.float64)
-    if a.dtype in FLOAT_DTYPES:
-        return a
+    if kind == "f" and a.dtype.newbyteorder("=") in FLOAT_DTYPES:
+        return a.astype(a.dtype.newbyteorder("="), copy=False)
     raise TypeError(
         f"`{name}` must hold float32, float64 or integer values; "
         f"got dtype {a.dtype}"
@@ -106,6 +111,8 @@ def scalar(x, name, *, low=None, strict=False, integer=False):
         x = float(x)
         if not np.isfinite(x):
             raise ValueError(f"`{name}` must be finite; got {x}")
+    if not integer and not np.isfinite(x):
+        raise ValueError(f"`{name}` must be finite; got {x}")
     if low is not None and (x <= low if strict else x < low):
         rel = ">" if strict else ">="
         raise ValueError(f"`{name}` must be {rel} {low}; got {x}")

@@ -74,7 +74,7 @@ def stepper(target, widths, weights, tau, lr, steps):
         with blas_limit(int(dims.max())):
             # convergence checks only at the first and the last step
             K.descend(theta, dims, R0, S0, target.trace, tau, k, rr, lr, 0,
-                      steps, steps, 0.0, np.inf, hist, steps + 1, work.pbuf,
+                      steps, steps, 0.0, np.inf, hist, 0, steps + 1, work.pbuf,
                       work.G)
 
     return run
@@ -295,25 +295,50 @@ def _rss_kib(field):
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def step_memory(width=4096, steps=3, quick=False):
-    """Peak resident memory added by ``steps`` GD steps, and the weights' bytes.
+def step_memory(width=4096, steps=3, quick=False, control=False):
+    """Peak memory added by ``steps`` GD steps, and the weights' bytes.
 
-    Linux only: the kernel's peak-RSS mark is reset (/proc/self/clear_refs)
-    after the weights, workspaces and compiled code exist, so the difference
-    counts what the steps themselves allocate, NumPy and Numba alike.
+    Measured in a fresh process (Linux): kernels are compiled first on a
+    tiny network of the same types, the weights are built, the kernel's
+    peak-RSS mark is reset (/proc/self/clear_refs), and the steps run.
+    MALLOC_MMAP_THRESHOLD_ is pinned so that every large temporary is
+    mapped and unmapped afresh rather than reused from freed heap, so the
+    peak counts what the steps allocate, NumPy and Numba alike. With
+    ``control`` an extra (h, h) array is allocated inside the window, to
+    show that the method sees a temporary of one layer's size.
+    Returns (peak bytes, weights bytes, h).
     """
+    import json
+    import os
+    import subprocess
+    import sys
+
     h = width // 4 if quick else width
-    widths = (64, h, h, h, 64)
+    code = (f"import json, bwfast.bench as b; "
+            f"print(json.dumps(b._step_memory_child({h}, {steps}, {control})))")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    peak, weights = json.loads(out.strip().splitlines()[-1])
+    return peak, weights, h
+
+
+def _step_memory_child(h, steps, control):
     t = Target(_spd(64))
+    small = (64, 8, 8, 8, 64)
+    stepper(t, small, _layers(small), 0.0, default_lr(t, small), 2)()  # compile
+    widths = (64, h, h, h, 64)
     ws = _layers(widths)
     run = stepper(t, widths, ws, 0.0, default_lr(t, widths), steps)
-    run()  # compile, warm the allocator
     before = _rss_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
     run()
+    if control:
+        tmp = np.ones((h, h))
+        del tmp
     peak = _rss_kib("VmHWM")
-    return 1024 * max(peak - before, 0), sum(w.nbytes for w in ws), h
+    return 1024 * max(peak - before, 0), sum(w.nbytes for w in ws)
 
 
 def format_table(rows, quick=False):

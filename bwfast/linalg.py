@@ -25,6 +25,31 @@ __all__ = [
 
 
 
+# A matrix whose largest entry lies outside 2^-LIMIT .. 2^LIMIT is scaled by
+# an even power of two (exact) before the kernels, so that no product or
+# eigenvalue over- or underflows, and the result is scaled back.
+_LIMIT = {np.dtype(np.float32): 30, np.dtype(np.float64): 300}
+
+
+def _pow2_exponents(*stacks):
+    """Even exponents e per matrix (common to the stacks), 0 if in range."""
+    m = stacks[0].shape[0]
+    scale = np.zeros(m)
+    for S in stacks:
+        tmp = np.empty(m)
+        if S.size:
+            K.absmax_batch(S, tmp)
+            scale = np.maximum(scale, tmp)
+    e = np.frexp(scale)[1].astype(np.int64)
+    e = np.where(scale > 0, e, 0)
+    e = np.where(np.abs(e) > _LIMIT[stacks[0].dtype], 2 * (e // 2), 0)
+    return e
+
+
+def _scaled(S, e):
+    return np.ascontiguousarray(np.ldexp(S, -e[:, None, None]).astype(S.dtype))
+
+
 def _psd_stack(A, name):
     a = square_stack(A, name)
     check_symmetric(a, name)
@@ -62,11 +87,17 @@ def _unary_root(A, inverse, name="A"):
     n = a.shape[-1]
     m = int(np.prod(a.shape[:-2], dtype=np.int64))
     A3 = np.ascontiguousarray(a.reshape(m, n, n))
+    e = _pow2_exponents(A3)
+    if e.any():
+        A3 = _scaled(A3, e)
     out = np.empty_like(A3)
     wmin = np.zeros(A3.shape[0])
     wmax = np.zeros(A3.shape[0])
     run_batch(K.BATCH["sqrtm_psd"], m, n, A3, inverse, out, wmin, wmax)
     check_psd(wmin, wmax, name, rtol_for(a.dtype))
+    if e.any():
+        half = (-e // 2) if inverse else (e // 2)
+        out = np.ldexp(out, half[:, None, None]).astype(out.dtype)
     return out.reshape(a.shape)
 
 
@@ -175,11 +206,17 @@ def sqrtm_frechet(A, E):
     e = square_stack(E, "E")
     A3, E3, lead, _ = _pair(a, e, "A", "E")
     n = A3.shape[-1]
+    # L(c A, c E) = sqrt(c) L(A, E): scale both by one power of two
+    ex = _pow2_exponents(A3, E3)
+    if ex.any():
+        A3, E3 = _scaled(A3, ex), _scaled(E3, ex)
     out = np.empty_like(A3)
     wmin = np.zeros(A3.shape[0])
     wmax = np.zeros(A3.shape[0])
     run_batch(K.BATCH["sqrtm_frechet"], A3.shape[0], n, A3, E3, out, wmin, wmax)
     check_psd(wmin, wmax, "A", rtol_for(A3.dtype))
+    if ex.any():
+        out = np.ldexp(out, (ex // 2)[:, None, None]).astype(out.dtype)
     return out.reshape(lead + (n, n))
 
 
@@ -187,12 +224,19 @@ def _distance_stack(A, B):
     a = _psd_stack(A, "A")
     b = _psd_stack(B, "B")
     A3, B3, lead, dt = _pair(a, b, "A", "B")
+    # BW^2(c A, c B) = c BW^2(A, B)
+    e = _pow2_exponents(A3, B3)
+    if e.any():
+        A3, B3 = _scaled(A3, e), _scaled(B3, e)
     out = np.zeros(A3.shape[0])
     wr = np.zeros((A3.shape[0], 4))
     run_batch(K.BATCH["bw_squared"], A3.shape[0], A3.shape[-1], A3, B3, out, wr)
     rtol = rtol_for(dt)
     check_psd(wr[:, 0], wr[:, 1], "A", rtol)
     check_psd(wr[:, 2], wr[:, 3], "B", rtol)
+    if e.any():
+        with np.errstate(over="ignore"):
+            out = np.ldexp(out, e)
     out = out.astype(dt).reshape(lead)
     return out[()] if out.ndim == 0 else out
 
@@ -273,7 +317,8 @@ def frechet_distance(m1, A, m2, B):
     mu1 = np.asarray(m1)
     mu2 = np.asarray(m2)
     for name, m in (("m1", mu1), ("m2", mu2)):
-        if m.dtype.kind not in "iuf" or m.dtype == np.float16:
+        if m.dtype.kind not in "iuf" or m.dtype.kind == "f" and (
+                m.dtype.newbyteorder("=") not in (np.float32, np.float64)):
             raise TypeError(
                 f"`{name}` must hold float32, float64 or integer values; "
                 f"got dtype {m.dtype}"
@@ -284,6 +329,14 @@ def frechet_distance(m1, A, m2, B):
                 f"got shape {m.shape}"
             )
         check_finite(m, name)
+    try:
+        lead = np.broadcast_shapes(mu1.shape[:-1], mu2.shape[:-1], np.shape(bw2))
+    except ValueError:
+        raise ValueError(
+            f"the stack shapes of `m1` {mu1.shape[:-1]}, `m2` {mu2.shape[:-1]} "
+            f"and the covariances {np.shape(bw2)} do not broadcast"
+        ) from None
+    del lead
     diff = mu1.astype(np.float64) - mu2.astype(np.float64)
     d2 = np.sum(diff * diff, axis=-1) + bw2
     d2 = np.asarray(d2, dtype=np.asarray(bw2).dtype)
@@ -321,6 +374,9 @@ def ot_map(A, B):
     b = _psd_stack(B, "B")
     A3, B3, lead, dt = _pair(a, b, "A", "B")
     n = A3.shape[-1]
+    e = _pow2_exponents(A3, B3)  # T(c A, c B) = T(A, B)
+    if e.any():
+        A3, B3 = _scaled(A3, e), _scaled(B3, e)
     out = np.empty_like(A3)
     wr = np.zeros((A3.shape[0], 4))
     run_batch(K.BATCH["ot_map"], A3.shape[0], n, A3, B3, out, wr)

@@ -1,6 +1,7 @@
 """Targets, the deep-linear-network BW loss with its layer gradients, and
 balanced factorizations."""
 
+import numbers
 import warnings
 
 import numpy as np
@@ -25,6 +26,12 @@ __all__ = [
     "balanced_weights",
     "end_to_end",
 ]
+
+
+# Targets are kept within this range of magnitudes: the loss squares the
+# weights and the trainer's tests compare against tr Sigma0, so extreme
+# scales would over- or underflow long before float64's limits.
+_MAX_SCALE = 1e150
 
 
 class Target:
@@ -69,11 +76,18 @@ class Target:
             raise ValueError(f"`cov` must be one (n, n) matrix; got shape {a.shape}")
         if a.shape[0] == 0:
             raise ValueError("`cov` must have n >= 1; got shape (0, 0)")
+        # the rounding allowance follows the dtype the matrix came in
+        rtol = rtol_for(a.dtype) if rtol is None else scalar(rtol, "rtol", low=0.0)
         a = a.astype(np.float64)
-        rtol = rtol_for(np.float64) if rtol is None else float(rtol)
+        big = float(np.abs(a).max())
+        if big > _MAX_SCALE or 0.0 < big < 1.0 / _MAX_SCALE:
+            raise ValueError(
+                f"`cov` must have entries of magnitude within 1e-150 .. 1e150 "
+                f"(or be zero); got max |cov| = {big:.3g}: rescale the data"
+            )
         check_symmetric(a, "cov", rtol)
         n = a.shape[0]
-        sym = 0.5 * (a + a.T)
+        sym = 0.5 * a + 0.5 * a.T
         w, Q = np.linalg.eigh(sym)
         check_psd(w[0], w[-1], "cov", rtol)
         cutoff = n * np.finfo(np.float64).eps * max(w[-1], 0.0)
@@ -102,8 +116,12 @@ class Target:
                 f"got shape {x.shape}"
             )
         check_finite(x, "X")
-        return cls(np.atleast_2d(np.cov(x.astype(np.float64), rowvar=False)),
-                   **kwargs)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cov = np.atleast_2d(np.cov(x.astype(np.float64), rowvar=False))
+        if not np.isfinite(cov).all():
+            raise ValueError("`X` is too large in magnitude: its covariance "
+                             "overflows float64; rescale the data")
+        return cls(cov, **kwargs)
 
     def arrays(self, dtype):
         """(root, cov) as C-contiguous arrays of ``dtype`` (cached)."""
@@ -133,6 +151,10 @@ def check_weights(weights, n):
     """Validate a list of layers W_1 .. W_N; return (arrays, dims, dtype)."""
     if isinstance(weights, np.ndarray) and weights.ndim == 2:
         weights = [weights]
+    if weights is None or isinstance(weights, (str, bytes, numbers.Number)):
+        raise TypeError(
+            f"`weights` must be a sequence of 2-D arrays W_1 .. W_N; got {weights!r}"
+        )
     try:
         ws = [as_float_array(w, f"weights[{i}]") for i, w in enumerate(weights)]
     except TypeError:
@@ -316,8 +338,13 @@ def balanced_weights(W, widths, *, seed=0):
     >>> bool(np.allclose(ws[1].T @ ws[1], ws[0] @ ws[0].T))
     True
     """
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise TypeError(f"`widths` must be a sequence of integers; got {widths!r}")
     dims = [scalar(d, "widths", low=1, integer=True) for d in widths]
+    if seed is not None:
+        seed = scalar(seed, "seed", low=0, integer=True)
     W = as_float_array(W, "W").astype(np.float64)
+    check_finite(W, "W")
     if len(dims) < 2 or W.shape != (dims[-1], dims[0]):
         raise ValueError(
             f"`W` must have shape (widths[-1], widths[0]) = "

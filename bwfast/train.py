@@ -2,6 +2,7 @@
 
 import enum
 import functools
+import os
 import time
 from dataclasses import dataclass
 
@@ -177,9 +178,30 @@ def _initial_weights(init, t, dims, seed, dtype):
     return [np.asarray(w, dtype=dtype) for w in ws]
 
 
+_MAX_COUNT = 2**62
+
+
+def _check_memory(dims, dtype):
+    """Refuse networks whose weights alone exceed the machine's memory."""
+    count = sum(int(a) * int(b) for a, b in zip(dims[:-1], dims[1:]))
+    need = count * np.dtype(dtype).itemsize
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > total:
+        raise ValueError(
+            f"`widths` {tuple(int(d) for d in dims)} need {need / 2**30:.1f} GiB "
+            f"for the weights alone; this machine has {total / 2**30:.1f} GiB"
+        )
+
+
 def _check_widths(widths, n):
     try:
         dims = [scalar(d, "widths", low=1, integer=True) for d in widths]
+        if max(dims, default=0) > 2**31 - 1:
+            raise ValueError(
+                f"`widths` must each be < 2**31; got {tuple(dims)}")
     except TypeError:
         raise TypeError(
             f"`widths` must be a sequence of positive integers; got {widths!r}"
@@ -262,6 +284,9 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
     tau = scalar(tau, "tau", low=0.0)
     steps = scalar(steps, "steps", low=0, integer=True)
     every = scalar(record_every, "record_every", low=1, integer=True)
+    for name, value in (("steps", steps), ("record_every", every)):
+        if value > _MAX_COUNT:
+            raise ValueError(f"`{name}` must be <= {_MAX_COUNT}; got {value}")
     seed = None if seed is None else scalar(seed, "seed", low=0, integer=True)
     try:
         dtype = np.dtype(dtype)
@@ -278,16 +303,17 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
 
     k = int(dims.min())
     k_eff = max(min(k, t.rank), 1)
-    rr = rank_rtol(dims, dtype)
+    # a zero target has rank 0 < k everywhere: no kink to report there
+    rr = rank_rtol(dims, dtype) if t.rank > 0 else -1.0
+    _check_memory(dims, dtype)
     R0, S0 = t.arrays(dtype)
     theta = pack(_initial_weights(init, t, dims, seed, dtype), dtype)
     work = Workspace(dims, dtype, grad=False)  # updates are applied in place
-    hist = np.full(steps // every + 1, np.nan)
 
     try:
         with blas_limit(int(dims.max())):
-            return _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k,
-                        k_eff, rr, R0, S0, theta, work, hist)
+            return _run(t, dims, tau, lr, steps, tol, every, callback, k,
+                        k_eff, rr, R0, S0, theta, work)
     except np.linalg.LinAlgError as exc:
         if isinstance(exc, BWLinAlgError):
             raise
@@ -296,8 +322,8 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         ) from exc
 
 
-def _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k, k_eff, rr,
-         R0, S0, theta, work, hist):
+def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
+         R0, S0, theta, work):
     start = time.perf_counter()
     # scale of the convergence test and of divergence: the target's total
     # variance plus the isotropic part (1 if both vanish)
@@ -306,19 +332,28 @@ def _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k, k_eff, rr,
         theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.pbuf, work.G
     )
     div_limit = _DIVERGENCE_FACTOR * max(loss0, scale)
-    done, code = 0, K.RUNNING
-    chunk = 100 if callback is not None else steps
+    # chunks of steps between returns to Python (progress, Ctrl-C), sized
+    # to about 0.2 s with a callback and 1 s without; the loss history
+    # grows chunk by chunk, so a large step limit allocates nothing upfront
+    period = 0.2 if callback is not None else 1.0
+    done, code, chunk = 0, K.RUNNING, 100
+    recorded = []
     while code == K.RUNNING:
+        stop = min(done + chunk, steps)
+        base = done // every
+        hist = np.full(stop // every - base + 1, np.nan)
+        first = done
         done, code, loss, meas = K.descend(
-            theta, dims, R0, S0, t.trace, tau, k_eff, rr, lr, done,
-            min(done + chunk, steps), steps, tol * scale, div_limit, hist, every,
-            work.pbuf, work.G,
+            theta, dims, R0, S0, t.trace, tau, k_eff, rr, lr, first, stop,
+            steps, tol * scale, div_limit, hist, base, every, work.pbuf, work.G,
         )
+        last = done - 1 if code == K.RUNNING else done
+        idx = np.arange(-(-first // every), last // every + 1)
+        recorded.append((idx * every, hist[idx - base]))
         if callback is not None:
             callback(int(done), float(loss))
-            # aim at a progress report about every 0.2 s
-            per_step = (time.perf_counter() - start) / max(done, 1)
-            chunk = int(min(max(0.2 / max(per_step, 1e-9), every), 1_000_000))
+        per_step = (time.perf_counter() - start) / max(done, 1)
+        chunk = int(min(max(period / max(per_step, 1e-9), every, 1), 10_000_000))
     wall = time.perf_counter() - start
 
     status = _FROM_CODE[code]
@@ -326,9 +361,9 @@ def _run(t, dims, tau, lr, steps, tol, every, dtype, callback, k, k_eff, rr,
     ws = unpack(theta, dims)
     for w in ws:
         w.flags.writeable = False
-    rec = np.arange(0, done + 1, every)
-    losses = hist[: rec.size].copy()
-    if rec[-1] != done:
+    rec = np.concatenate([r for r, _ in recorded]).astype(np.int64)
+    losses = np.concatenate([h for _, h in recorded])
+    if rec.size == 0 or rec[-1] != done:
         rec = np.append(rec, done)
         losses = np.append(losses, loss)
     losses.flags.writeable = False
