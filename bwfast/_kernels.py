@@ -356,8 +356,9 @@ def absmax_batch(A, out):
     """Per matrix: max |a_ij|."""
     for b in range(A.shape[0]):
         m = 0.0
-        for v in A[b].ravel():
-            m = max(m, abs(float(v)))
+        for i in range(A.shape[1]):
+            for j in range(A.shape[2]):
+                m = max(m, abs(float(A[b, i, j])))
         out[b] = m
 
 

@@ -4,8 +4,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from . import _kernels as K
+from ._config import JIT
 from . import reference
 from ._threads import blas_limit
 from .linalg import bures_wasserstein_squared, sqrtm_psd
@@ -99,21 +101,33 @@ def _small_step(depth, tau):
             for _ in range(ref_steps):
                 w = reference.gd_step(w, cov, tau, lr)
 
-        # floor: the GEMMs of one step (3 per layer) and the one SVD or eigh
+        # floor: the GEMMs of one step (3 per layer) and its one SVD
+        # (tau = 0) or eigh (tau > 0), called from compiled code as the
+        # descent loop calls them
         A = _spd(n, 3)
-        decomp = (lambda: np.linalg.svd(A)) if tau == 0 else (
-            lambda: np.linalg.eigh(A))
+
+        reps = 20 if quick else 200
 
         def floor():
             with blas_limit(n):
-                for _ in range(3 * depth):
-                    A @ A
-                decomp()
+                _small_floor(A, 3 * depth, tau > 0, reps)
 
         return dict(bwfast=(fast, steps), reference=(ref, ref_steps),
-                    floor=(floor, 1))
+                    floor=(floor, reps))
 
     return build
+
+
+@njit(**JIT)
+def _small_floor(A, gemms, eig, reps):
+    C = np.empty_like(A)
+    for _ in range(reps):
+        for _ in range(gemms):
+            np.dot(A, A, C)
+        if eig:
+            np.linalg.eigh(A)
+        else:
+            np.linalg.svd(A)
 
 
 def _big_loss(tau, bottleneck, dtype=np.float64):
