@@ -1,47 +1,50 @@
 """bwfast: compiled kernels for Bures-Wasserstein geometry and deep linear
 generative networks trained with the Bures-Wasserstein loss."""
 
-from ._errors import BWLinAlgError, RankDropWarning
-from .linalg import (
-    bures_wasserstein,
-    bures_wasserstein_squared,
-    frechet_distance,
-    inv_sqrtm_psd,
-    ot_map,
-    sqrtm_frechet,
-    sqrtm_psd,
-)
-from .network import (
-    Target,
-    balanced_weights,
-    end_to_end,
-    loss_and_grad,
-    optimal_loss,
-)
-from .train import FitResult, Status, balancedness, default_lr, fit
-
-from . import io, kernels, reference  # noqa: E402  (submodules as attributes)
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BWLinAlgError",
-    "RankDropWarning",
-    "sqrtm_psd",
-    "inv_sqrtm_psd",
-    "sqrtm_frechet",
-    "bures_wasserstein_squared",
-    "bures_wasserstein",
-    "frechet_distance",
-    "ot_map",
-    "Target",
-    "loss_and_grad",
-    "optimal_loss",
-    "balanced_weights",
-    "end_to_end",
-    "fit",
-    "FitResult",
-    "Status",
-    "default_lr",
-    "balancedness",
-]
+# Public names and the module that defines each. They load on first use
+# (PEP 562), so `import bwfast` stays cheap: a command line that is
+# interrupted or only asked for --help never waits for NumPy, SciPy and
+# Numba to import, and no kernel is compiled before it is called.
+_EXPORTS = {
+    "BWLinAlgError": "_errors",
+    "RankDropWarning": "_errors",
+    "sqrtm_psd": "linalg",
+    "inv_sqrtm_psd": "linalg",
+    "sqrtm_frechet": "linalg",
+    "bures_wasserstein_squared": "linalg",
+    "bures_wasserstein": "linalg",
+    "frechet_distance": "linalg",
+    "ot_map": "linalg",
+    "Target": "network",
+    "loss_and_grad": "network",
+    "optimal_loss": "network",
+    "balanced_weights": "network",
+    "end_to_end": "network",
+    "fit": "train",
+    "FitResult": "train",
+    "Status": "train",
+    "default_lr": "train",
+    "balancedness": "train",
+}
+_SUBMODULES = {"io", "kernels", "reference", "bench", "cli"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'bwfast' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)

@@ -762,7 +762,31 @@ def network_backward(theta, dims, pbuf, G, grad):
 
 
 @njit(**JIT)
-def network_backward_update(theta, dims, pbuf, G, lr):
+def _grad_norm_sq(B, Pprev, d0):
+    """||B P^T||_F^2 without forming B P^T: <B^T B, P^T P> through d0 x d0
+    Gram matrices when d0 is the smaller side."""
+    if d0 <= min(B.shape[0], Pprev.shape[0]):
+        GB = B.T @ B
+        GP = Pprev.T @ Pprev
+        gs = 0.0
+        for r in range(d0):
+            for c in range(d0):
+                gs += float(GB[r, c]) * float(GP[r, c])
+        return max(gs, 0.0)
+    return _sumsq(B @ Pprev.T)
+
+
+@njit(**JIT)
+def _segment_sumsq(theta, lo, hi):
+    acc = 0.0
+    for i in range(lo, hi):
+        w = float(theta[i])
+        acc += w * w
+    return acc
+
+
+@njit(**JIT)
+def network_backward_update(theta, dims, pbuf, G, lr, measure):
     """Gradient step applied layer by layer in place: W_j -= lr B_j P_{j-1}^T.
 
     Each layer gradient is a product of two thin factors (d_j x d_0 and
@@ -770,23 +794,35 @@ def network_backward_update(theta, dims, pbuf, G, lr):
     a step allocates only O(d_0 * width) and never an h x h temporary.
     B_{j-1} = W_j^T B_j is formed from the old W_j before it is updated,
     and the prefix products from the forward pass are still those of the
-    old weights, so this is exactly one gradient step.
+    old weights, so this is exactly one gradient step. With ``measure``,
+    also returns max_j ||dL/dW_j|| ||W_j|| at the weights before the step
+    (from the factors already at hand), else -1.
     """
     N = dims.shape[0] - 1
     d0 = dims[0]
     off = layer_offsets(dims)
+    best = -1.0
     B = G
     for j in range(N, 0, -1):
         Wj = _view(theta, off[j - 1], dims[j], dims[j - 1])
         if j == 1:
+            if measure:
+                gs = _sumsq(B)
+                ws = _segment_sumsq(theta, off[0], off[1])
+                best = max(best, np.sqrt(gs) * np.sqrt(ws))
             for r in range(dims[1]):
                 for c in range(d0):
                     Wj[r, c] -= lr * B[r, c]
         else:
             Pprev = _prefix(theta, pbuf, dims, j - 1)
+            if measure:
+                gs = _grad_norm_sq(B, Pprev, d0)
+                ws = _segment_sumsq(theta, off[j - 1], off[j])
+                best = max(best, np.sqrt(gs) * np.sqrt(ws))
             Bnext = Wj.T @ B
             gemm_nt_update(Wj, B, Pprev, -lr)
             B = Bnext
+    return best
 
 
 @njit(**JIT)
@@ -809,9 +845,8 @@ def layer_measure(theta, dims, pbuf, G):
     """max_j ||dL/dW_j||_F ||W_j||_F from G and the prefix products.
 
     The first-order change of the loss under a relative perturbation of one
-    layer. The layer gradient B_j P_{j-1}^T is not formed: its norm is
-    <B_j^T B_j, P_{j-1}^T P_{j-1}> through d0 x d0 Gram matrices when d0 is
-    the smaller side, so the check costs O(width * d0^2) per layer.
+    layer. The layer gradient B_j P_{j-1}^T is not formed: its norm comes
+    from d0 x d0 Gram matrices (see _grad_norm_sq).
     """
     N = dims.shape[0] - 1
     d0 = dims[0]
@@ -822,21 +857,8 @@ def layer_measure(theta, dims, pbuf, G):
         if j == 1:
             gs = _sumsq(B)
         else:
-            Pprev = _prefix(theta, pbuf, dims, j - 1)
-            if d0 <= min(dims[j], dims[j - 1]):
-                GB = B.T @ B
-                GP = Pprev.T @ Pprev
-                gs = 0.0
-                for r in range(d0):
-                    for c in range(d0):
-                        gs += float(GB[r, c]) * float(GP[r, c])
-                gs = max(gs, 0.0)
-            else:
-                gs = _sumsq(B @ Pprev.T)
-        ws = 0.0
-        for i in range(off[j - 1], off[j]):
-            w = float(theta[i])
-            ws += w * w
+            gs = _grad_norm_sq(B, _prefix(theta, pbuf, dims, j - 1), d0)
+        ws = _segment_sumsq(theta, off[j - 1], off[j])
         best = max(best, np.sqrt(gs) * np.sqrt(ws))
         if j > 1:
             B = _view(theta, off[j - 1], dims[j], dims[j - 1]).T @ B
@@ -849,16 +871,19 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
     """Full-batch gradient descent in place on theta, from step start.
 
     At each step the loss and G = dL/dW are evaluated at the current
-    weights. Every ``every`` steps (and at step == limit) the loss is
-    stored in hist[step // every - hbase] and the optimality measure
-    max_j ||dL/dW_j|| ||W_j|| is computed. The run stops, without updating,
-    on convergence (measure <= tol_abs, checked at those steps), on a
-    non-finite or runaway loss or gradient (so the weights stay at the last
-    finite point), on a rank drop at tau = 0, or at step == limit; otherwise
-    every layer is updated in place. The call returns RUNNING once step
-    reaches stop < limit, so that the caller can report progress.
-    Returns (step, status, loss, measure), step being the number of updates
-    applied so far and measure the last one computed.
+    weights; every ``every`` steps the loss is stored in
+    hist[step // every - hbase] and the optimality measure
+    max_j ||dL/dW_j|| ||W_j|| is computed, from the factors of that step's
+    update (so it costs no extra products). The run stops on a non-finite
+    or runaway loss or gradient and on a rank drop at tau = 0 without
+    updating (the weights stay at the last finite point), and at
+    step == limit. When a check finds measure <= tol_abs the step's (tiny)
+    update has been applied: the loss is evaluated once more at the final
+    weights and the run stops as converged. The call returns RUNNING once
+    step reaches stop < limit, so that the caller can report progress.
+    Returns (step, status, loss, measure): step is the number of updates
+    applied, loss the loss at the returned weights, measure the last one
+    computed.
     """
     step = start
     meas = np.nan
@@ -866,20 +891,27 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
         loss, ratio, emeas = network_forward(
             theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G
         )
-        check = step % every == 0 or step >= limit
         if step % every == 0:
             hist[step // every - hbase] = loss
         if not np.isfinite(loss) or loss > div_limit or emeas < 0.0:
             return step, DIVERGED, loss, np.nan
         if tau <= 0.0 and ratio <= rank_rtol:
             return step, RANK_DROPPED, loss, meas
-        if check:
-            meas = layer_measure(theta, dims, pbuf, G)
-            if meas <= tol_abs:
-                return step, CONVERGED, loss, meas
         if step >= limit:
-            return step, STEP_LIMIT, loss, meas
-        network_backward_update(theta, dims, pbuf, G, lr)
+            meas = layer_measure(theta, dims, pbuf, G)
+            status = CONVERGED if meas <= tol_abs else STEP_LIMIT
+            return step, status, loss, meas
+        check = step % every == 0
+        m = network_backward_update(theta, dims, pbuf, G, lr, check)
         step += 1
+        if check:
+            meas = m
+            if meas <= tol_abs:
+                loss, _, _ = network_forward(
+                    theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G
+                )
+                if step % every == 0 and step <= stop:
+                    hist[step // every - hbase] = loss
+                return step, CONVERGED, loss, meas
         if step >= stop and step < limit:
             return step, RUNNING, loss, meas

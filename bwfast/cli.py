@@ -1,17 +1,22 @@
-"""The ``bwfast`` command line: a thin shell over the public API."""
+"""The ``bwfast`` command line: a thin shell over the public API.
+
+Only the standard library is imported at module level: NumPy and bwfast
+load inside main(), so that Ctrl-C during those imports still ends in one
+line and exit code 130, and no error ever shows a traceback.
+"""
 
 import argparse
 import inspect
+import itertools
 import json
 import math
 import os
 import sys
+import tempfile
 import textwrap
 import time
 import warnings
 from pathlib import Path
-
-import numpy as np
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -41,7 +46,19 @@ exit codes:
   4    diverged (loss not finite or growing; try a smaller --lr)
   5    rank dropped (the end-to-end matrix lost rank; try --tau > 0)
   130  interrupted
+
+Output that cannot be written to stdout is exit code 1 with one error line;
+a closed pipe (as in 'bwfast fit | head -c0') exits 1 silently.
 """
+
+_FIT_EPILOG = """summary:
+  'wall time' is the gradient-descent loop alone, JIT compilation or cache
+  loading of the kernels on first use included; 'total time' is the whole
+  command up to the summary: reading the target, checks, setup and the
+  descent (Python start-up and writing --out files excluded). --json reports
+  them as wall_time and total_time.
+
+""" + _EPILOG
 
 # Files written under --out; none is overwritten without --force.
 _HISTORY = "history.csv"
@@ -51,9 +68,21 @@ _SUMMARY = "summary.json"
 # Default hidden width of the default network n,h,h,n (capped at n).
 _DEFAULT_HIDDEN = 16
 
+# Bounds checked while parsing, so that absurd values fail at once with one
+# line instead of an overflow or memory error from NumPy or the compiled
+# kernels (which work in int64).
+_MAX_WIDTH = 2**31 - 1
+_MAX_WEIGHTS = 2**31  # floats in all layers together (16 GiB in float64)
+_MAX_STEPS = 10**12  # also bounds --record-every
+_MAX_HISTORY = 2**27  # recorded losses, steps // record_every + 1 (1 GiB)
+
 
 class _UsageError(Exception):
     """Bad command line or bad input: one line on stderr, exit code 2."""
+
+
+class _StdoutError(Exception):
+    """Writing to stdout failed for another reason than a closed pipe."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +90,18 @@ class _Parser(argparse.ArgumentParser):
     # and lets main() return the exit code.
     def error(self, message):
         raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+    # argparse drops write errors silently (--help > /dev/full printed
+    # nothing and exited 0); stdout failures are reported like any other.
+    def _print_message(self, message, file=None):
+        if not message:
+            return
+        if file is None or file is sys.stderr:
+            _stderr(message.rstrip("\n"))
+        elif file is sys.stdout:
+            _write_stdout(message, "the help" if "usage:" in message else "the version")
+        else:
+            super()._print_message(message, file)
 
 
 def main(argv=None):
@@ -76,23 +117,52 @@ def main(argv=None):
     int
         The exit code (see ``bwfast --help``).
     """
+    started = time.perf_counter()
     try:
-        args = _build_parser().parse_args(argv)
-        if args.command is None:
-            raise _UsageError("no command given; try 'bwfast fit' or 'bwfast --help'")
-        return args.run(args)
-    except SystemExit as exc:  # --help and --version
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
+        try:
+            # builds the parser, which imports bwfast (NumPy, Numba): inside
+            # the try, so that Ctrl-C during the imports is handled too
+            parser = _build_parser()
+            args, extras = parser.parse_known_args(argv)
+            if extras:
+                prog = "bwfast" if args.command is None else f"bwfast {args.command}"
+                raise _UsageError(
+                    f"unrecognized arguments: {' '.join(extras)} "
+                    f"(see '{prog} --help')"
+                )
+            if args.command is None:
+                raise _UsageError(
+                    "no command given; try 'bwfast fit' or 'bwfast --help'"
+                )
+            args.started = started
+            return args.run(args)
+        except SystemExit as exc:  # --help and --version, already printed
+            _flush_stdout("the help")
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
     except _UsageError as exc:
         return _fail(exc, EXIT_USAGE)
     except KeyboardInterrupt:
-        print("\nbwfast: interrupted", file=sys.stderr)
+        _forget_unhandled_interrupt()
+        # a terminal shows "^C" without a newline: end that line first
+        _stderr(("\n" if _isatty(sys.stderr) else "") + "bwfast: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        # the reader went away (e.g. `bwfast fit | head -1`): stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        # the reader went away (e.g. `bwfast fit | head -c0`): stop quietly,
+        # and let the final flush at exit go to /dev/null, not to the pipe
+        _silence_stdout()
         return EXIT_FAILURE
+    except _StdoutError as exc:
+        _silence_stdout()
+        return _fail(exc, EXIT_FAILURE)
+    except MemoryError as exc:
+        detail = f" ({_one_line(exc)})" if str(exc) else ""
+        return _fail(f"out of memory{detail}", EXIT_FAILURE)
+    except Exception as exc:  # noqa: BLE001 - the last resort: never a traceback
+        return _fail(
+            f"unexpected {type(exc).__name__}: {_one_line(exc)} "
+            "(this is a bug in bwfast; please report it)",
+            EXIT_FAILURE,
+        )
 
 
 # --- parser ------------------------------------------------------------------
@@ -143,7 +213,7 @@ def _run_bench(args):
         plot = Path(args.plot)
         if plot.suffix.lower() != ".png":
             raise _UsageError(f"--plot must name a .png file; got '{plot}'")
-        if plot.exists():
+        if os.path.lexists(plot):  # a dangling link counts too
             raise _UsageError(f"--plot file '{plot}' exists; not overwritten")
     rows = bench.run(names=args.only, quick=args.quick, repeat=args.repeat)
     if not rows:
@@ -154,17 +224,18 @@ def _run_bench(args):
         extra = {"step_peak_bytes": peak, "weights_bytes": weights,
                  "step_peak_fraction": peak / weights, "width": width}
     if args.json:
-        print(json.dumps({"rows": rows, **extra}, indent=2))
+        _stdout(json.dumps({"rows": rows, **extra}, indent=2), "the results")
     else:
-        print(bench.format_table(rows, quick=args.quick))
+        text = bench.format_table(rows, quick=args.quick)
         if extra:
-            print(f"\nmemory added by 3 GD steps (width {extra['width']}, depth 4): "
-                  f"{extra['step_peak_bytes'] / 2**20:.1f} MiB = "
-                  f"{100 * extra['step_peak_fraction']:.1f}% of the weights' "
-                  f"{extra['weights_bytes'] / 2**20:.0f} MiB")
+            text += (f"\n\nmemory added by 3 GD steps (width {extra['width']}, "
+                     f"depth 4): {extra['step_peak_bytes'] / 2**20:.1f} MiB = "
+                     f"{100 * extra['step_peak_fraction']:.1f}% of the weights' "
+                     f"{extra['weights_bytes'] / 2**20:.0f} MiB")
+        _stdout(text, "the results")
     if args.plot is not None:
         bench.plot_scaling(args.plot, quick=args.quick)
-        print(f"wrote {args.plot}", file=sys.stderr)
+        _stderr(f"wrote {args.plot}")
     return EXIT_OK
 
 
@@ -186,7 +257,7 @@ def _add_fit(commands):
             "widths 64,16,16,64, i.e. it learns the best rank-16 Gaussian model.",
             width=79,
         ),
-        epilog=_EPILOG,
+        epilog=_FIT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(run=_run_fit)
@@ -200,9 +271,12 @@ def _add_fit(commands):
     src.add_argument(
         "--kind",
         choices=("auto", "cov", "samples"),
-        default="auto",
-        help="read FILE as a covariance or as samples x features; auto: a square "
-        "symmetric array is a covariance (default: auto)",
+        default=None,
+        help="read FILE as a covariance or as samples x features; auto: a "
+        "square array symmetric up to rounding is a covariance, a square "
+        "array that is not symmetric is refused, any other is samples; a "
+        ".npz key 'cov' or 'samples' decides first (default: auto; only "
+        "with --target)",
     )
 
     net = p.add_argument_group("network and descent")
@@ -211,8 +285,9 @@ def _add_fit(commands):
         metavar="D0,...,DN",
         type=_widths,
         help="layer widths from latent to data; DN must equal the target "
-        f"dimension n (default: n,h,h,n with h = min({_DEFAULT_HIDDEN}, rank of "
-        "the target))",
+        f"dimension n; each at most {_MAX_WIDTH}, and at most {_MAX_WEIGHTS} "
+        f"weights in all (default: n,h,h,n with h = min({_DEFAULT_HIDDEN}, rank "
+        "of the target))",
     )
     net.add_argument(
         "--tau",
@@ -228,9 +303,10 @@ def _add_fit(commands):
     )
     net.add_argument(
         "--steps",
-        type=_positive_int,
+        type=_bounded_int(0, _MAX_STEPS),
         default=None,
-        help=f"maximum number of gradient steps (default: {defaults['steps']})",
+        help="maximum number of gradient steps, 0 to 1e12; 0 evaluates the "
+        f"initial loss (default: {defaults['steps']})",
     )
     net.add_argument(
         "--tol",
@@ -247,10 +323,12 @@ def _add_fit(commands):
     )
     net.add_argument(
         "--record-every",
-        type=_positive_int,
+        type=_bounded_int(1, _MAX_STEPS),
         default=None,
         metavar="K",
-        help=f"record the loss every K steps (default: {defaults['record_every']})",
+        help="record the loss and check convergence every K steps, 1 to 1e12; "
+        f"at most {_MAX_HISTORY} losses are recorded (default: "
+        f"{defaults['record_every']})",
     )
     net.add_argument(
         "--float32",
@@ -262,10 +340,14 @@ def _add_fit(commands):
     out.add_argument(
         "--out",
         metavar="DIR",
-        help=f"write {_HISTORY} (step,loss), {_WEIGHTS} and {_SUMMARY} to DIR",
+        help=f"write {_HISTORY} (step,loss), {_WEIGHTS} and {_SUMMARY} to DIR, "
+        "created if needed; checked for writing before training",
     )
     out.add_argument(
-        "--force", action="store_true", help="overwrite existing files in DIR"
+        "--force",
+        action="store_true",
+        help="replace existing files in DIR (never a symbolic link or a "
+        "directory; only with --out)",
     )
     out.add_argument(
         "--json", action="store_true", help="print the summary as JSON on stdout"
@@ -327,6 +409,21 @@ def _positive_int(text):
     return value
 
 
+def _bounded_int(low, high):
+    def parse(text):
+        value = _int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}; got {text!r}")
+        if value > high:
+            raise argparse.ArgumentTypeError(
+                f"must be <= {high:.0e} ({high}); got {text!r}"
+            )
+        return value
+
+    parse.__name__ = f"integer from {low} to {high}"
+    return parse
+
+
 def _nonnegative_int(text):
     value = _int(text)
     if value < 0:
@@ -345,6 +442,10 @@ def _widths(text):
             "expected at least two comma-separated positive integers such as "
             f"64,16,16,64; got {text!r}"
         )
+    if max(widths) > _MAX_WIDTH:
+        raise argparse.ArgumentTypeError(
+            f"each width must be <= {_MAX_WIDTH} (2**31 - 1); got {max(widths)}"
+        )
     return widths
 
 
@@ -352,13 +453,16 @@ def _widths(text):
 
 
 def _run_fit(args):
+    import numpy as np
+
     import bwfast
 
-    started = time.perf_counter()
+    started = getattr(args, "started", None) or time.perf_counter()
 
     # Validate everything before training: a bad option fails in a second.
+    _check_fit_options(args)
     target, source, kind, notes = _fit_target(args)
-    widths = _fit_widths(args.widths, target.n, target.rank)
+    widths = _fit_widths(args.widths, target.n, target.rank, args.float32)
     out_dir = None if args.out is None else Path(args.out)
     if out_dir is not None:
         _check_out_dir(out_dir, args.force)
@@ -393,8 +497,16 @@ def _run_fit(args):
                      EXIT_FAILURE)
     except (ValueError, TypeError) as exc:
         raise _UsageError(_one_line(exc)) from exc
+    except MemoryError:
+        count = _weight_count(widths)
+        return _fail(
+            f"out of memory training --widths {_join(widths)} ({count} weights, "
+            f"{_gib(count, args.float32)} for the weights alone); try smaller "
+            "--widths",
+            EXIT_FAILURE,
+        )
     for w in _unique_warnings(caught):
-        print(f"bwfast: warning: {_one_line(w.message)}", file=sys.stderr)
+        _stderr(f"bwfast: warning: {_one_line(w.message)}")
 
     # Report: files first, so the summary can list them. A failed write
     # still prints the summary: the run is not lost.
@@ -408,50 +520,96 @@ def _run_fit(args):
             code = _fail(f"--out: cannot write results: {_one_line(exc)}", EXIT_FAILURE)
             summary["exit_code"] = code
     if args.json:
-        print(json.dumps(_jsonable(summary), indent=2))
+        _stdout(json.dumps(_jsonable(summary), indent=2), "the summary")
     else:
-        print(_format_summary(summary))
+        _stdout(_format_summary(summary), "the summary")
     return code
+
+
+def _check_fit_options(args):
+    """Refuse options that would be ignored, and runs too big to record."""
+    if args.force and args.out is None:
+        raise _UsageError(
+            "--force: applies only with --out DIR (it allows replacing files "
+            "there); pass --out DIR or drop --force"
+        )
+    if args.kind is not None and args.target is None:
+        raise _UsageError(
+            f"--kind {args.kind}: applies only with --target FILE (the shipped "
+            "target is a covariance); pass --target FILE or drop --kind"
+        )
+    defaults = _fit_defaults()
+    steps = defaults["steps"] if args.steps is None else args.steps
+    every = defaults["record_every"] if args.record_every is None else args.record_every
+    records = steps // every + 1
+    if records > _MAX_HISTORY:
+        least = -(-steps // (_MAX_HISTORY - 1))  # ceil
+        raise _UsageError(
+            f"--steps {steps} with --record-every {every} would record {records} "
+            f"losses (at most {_MAX_HISTORY}); pass --record-every {least} or "
+            "more, or fewer --steps"
+        )
+    if args.widths is not None:
+        _check_weight_count(args.widths, args.float32)
 
 
 def _fit_target(args):
     """(target, source, kind, notes) from --target and --kind."""
     from bwfast.io import _load, default_target
 
+    kind = "auto" if args.kind is None else args.kind
     try:
         if args.target is None:
             return default_target(), "digits (shipped)", "cov", []
-        target, kind, (m, n) = _load(args.target, args.kind)
+        target, kind_read, (m, n) = _load(args.target, kind, flag="--kind")
     except (OSError, ValueError, TypeError) as exc:
         raise _UsageError(_one_line(exc)) from exc
     notes = []
-    if args.kind == "auto" and kind == "samples":
-        hint = ""
-        if m == n:
-            hint = "; it is square but not symmetric (--kind cov: read as covariance)"
+    if kind == "auto" and kind_read == "samples":
         notes.append(
-            f"bwfast fit: read {args.target} as {m} samples x {n} features{hint}"
+            f"bwfast fit: read {args.target} as {m} samples x {n} features"
         )
-    return target, args.target, kind, notes
+    return target, args.target, kind_read, notes
 
 
-def _fit_widths(widths, n, rank=None):
+def _fit_widths(widths, n, rank=None, float32=False):
     if widths is None:
         # a bottleneck no wider than the target's rank keeps the optimum
         # non-degenerate (a wider one leaves directions that decay only
         # polynomially under gradient descent)
         h = max(1, min(_DEFAULT_HIDDEN, n, n if rank is None else rank))
-        return (n, h, h, n)
-    if widths[-1] != n:
+        widths = (n, h, h, n)
+    elif widths[-1] != n:
         raise _UsageError(
             f"--widths: the last width must equal the target dimension {n}; "
             f"got {_join(widths)}"
         )
+    _check_weight_count(widths, float32)
     return widths
 
 
+def _weight_count(widths):
+    return sum(a * b for a, b in itertools.pairwise(widths))
+
+
+def _gib(count, float32):
+    return f"{count * (4 if float32 else 8) / 2**30:.1f} GiB in " + (
+        "float32" if float32 else "float64"
+    )
+
+
+def _check_weight_count(widths, float32):
+    count = _weight_count(widths)
+    if count > _MAX_WEIGHTS:
+        raise _UsageError(
+            f"--widths {_join(widths)}: {count} weights in all would need "
+            f"{_gib(count, float32)}; at most {_MAX_WEIGHTS} (2**31) weights "
+            "are allowed"
+        )
+
+
 class _Progress:
-    """tqdm bar on stderr fed by fit's callback(step, loss)."""
+    """tqdm bar on stderr fed by fit's callback(step, loss), about every 0.2 s."""
 
     def __init__(self, total, disable):
         self.total = total
@@ -501,6 +659,10 @@ def _summary(result, source, kind, target, args, code):
         "seed": defaults["seed"] if args.seed is None else args.seed,
         "tol": float(result.tol),
         "max_steps": defaults["steps"] if args.steps is None else args.steps,
+        "record_every": (
+            defaults["record_every"] if args.record_every is None
+            else args.record_every
+        ),
         "status": _status(result),
         "message": str(result.message),
         "exit_code": code,
@@ -521,7 +683,8 @@ def _format_summary(s):
         ("optimum", f"{s['optimum']:.10g}"),
         ("relative gap", f"{s['relative_gap']:.3e}"),
         ("steps", f"{s['steps']}"),
-        ("wall time", f"{s['wall_time']:.3f} s (total {s['total_time']:.3f} s)"),
+        ("wall time", f"{s['wall_time']:.3f} s in the descent loop"),
+        ("total time", f"{s['total_time']:.3f} s for the whole command"),
         ("balancedness", f"{s['balancedness']:.3e}"),
         ("lr", f"{s['lr']:.6g}"),
     ]
@@ -531,39 +694,89 @@ def _format_summary(s):
 
 
 # --- output files ----------------------------------------------------------------
+# Results go to unique temporary files in DIR (never a fixed name, which
+# could be a user's file) that are then renamed over the final names. A
+# rename replaces a symbolic link itself and never writes through it, and
+# existing paths are checked with lexists, which sees dangling links.
+
+_TMP_PREFIX = ".bwfast-"
+_TMP_SUFFIX = ".tmp"
 
 
 def _check_out_dir(out_dir, force):
-    if out_dir.exists() and not out_dir.is_dir():
-        raise _UsageError(f"--out: '{out_dir}' exists and is not a directory")
+    """Create DIR if needed, check that it takes new files, and that no result
+    would replace a path it must not (any path without --force; a symbolic
+    link or anything but a regular file even with it)."""
+    if os.path.lexists(out_dir) and not out_dir.is_dir():
+        what = "is a dangling symbolic link" if out_dir.is_symlink() else (
+            "exists and is not a directory"
+        )
+        raise _UsageError(f"--out: '{out_dir}' {what}")
     try:  # now, so that an unusable DIR fails before training
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _UsageError(
             f"--out: cannot create '{out_dir}': {_one_line(exc)}"
         ) from exc
-    if force:
-        return
+    try:
+        fd, probe = tempfile.mkstemp(
+            dir=out_dir, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX
+        )
+    except OSError as exc:
+        # strerror: the reason without the random name of the probe file
+        reason = exc.strerror or _one_line(exc)
+        raise _UsageError(
+            f"--out: cannot write files in '{out_dir}': {reason}"
+        ) from exc
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
     for name in (_HISTORY, _WEIGHTS, _SUMMARY):
-        if (out_dir / name).exists():
+        path = out_dir / name
+        if not os.path.lexists(path):
+            continue
+        if path.is_symlink():
             raise _UsageError(
-                f"--out: '{out_dir / name}' already exists; pass --force to "
+                f"--out: '{path}' is a symbolic link; bwfast never replaces "
+                "one, even with --force (remove it or choose another DIR)"
+            )
+        if not path.is_file():
+            raise _UsageError(
+                f"--out: '{path}' exists and is not a regular file; not "
+                "replaced, even with --force"
+            )
+        if not force:
+            raise _UsageError(
+                f"--out: '{path}' already exists; pass --force to "
                 "overwrite it"
             )
 
 
 def _write_outputs(out_dir, result, summary, force):
-    _check_out_dir(out_dir, force)  # again: the run may have taken a while
+    import numpy as np
+
+    # Again: the run may have taken a while. Now a failure to write, which
+    # still prints the summary, not bad usage.
+    try:
+        _check_out_dir(out_dir, force)
+    except _UsageError as exc:
+        raise OSError(str(exc).removeprefix("--out: ")) from None
     paths = [out_dir / _HISTORY, out_dir / _WEIGHTS, out_dir / _SUMMARY]
     summary = dict(summary, files=[str(p) for p in paths])
+    mode = 0o666 & ~_umask()  # mkstemp makes 0600 files: use the usual mode
 
     # Each file goes to a temporary name first: a crash never leaves a
     # half-written file under the final name.
     def write(path, save):
-        tmp = path.with_name(f".{path.name}.tmp")
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
+        tmp = Path(tmp)
         try:
+            os.close(fd)
             save(tmp)
-            os.replace(tmp, path)
+            os.chmod(tmp, mode)
+            _install(tmp, path, force)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -576,6 +789,35 @@ def _write_outputs(out_dir, result, summary, force):
     return summary["files"]
 
 
+def _install(tmp, path, force):
+    # tmp -> path. With --force a rename, which replaces a link that appeared
+    # since the check rather than following it. Without, a hard link, which
+    # fails if anything at all (a dangling link too) appeared there.
+    if force:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise FileExistsError(
+            f"'{path}' appeared during the run; not overwritten without --force"
+        ) from None
+    except OSError:
+        pass  # no hard links on this file system
+    if os.path.lexists(path):
+        raise FileExistsError(
+            f"'{path}' appeared during the run; not overwritten without --force"
+        )
+    os.replace(tmp, path)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _save_history(path, history):
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write("step,loss\n")
@@ -583,8 +825,88 @@ def _save_history(path, history):
 
 
 def _save_npz(path, arrays):
+    import numpy as np
+
     with open(path, "wb") as f:  # a file object: np.savez would add ".npz"
         np.savez(f, **arrays)
+
+
+# --- terminal output ---------------------------------------------------------------
+
+
+def _stdout(text, what):
+    """Print the line(s) `text` on stdout now; see _write_stdout."""
+    _write_stdout(text + "\n", what)
+
+
+def _write_stdout(text, what):
+    """Write `text` to stdout and flush; a failed write raises _StdoutError
+    (or BrokenPipeError, which main turns into a quiet exit)."""
+    if sys.stdout is None:  # started with stdout closed
+        raise _StdoutError(f"cannot write {what} to stdout: stdout is closed")
+    _guarded_stdout(lambda: sys.stdout.write(text), what)
+    _flush_stdout(what)
+
+
+def _flush_stdout(what):
+    # Flush now rather than at exit, where a failure (a full disk) would
+    # only print "Exception ignored ..." and exit with code 120.
+    if sys.stdout is not None:
+        _guarded_stdout(sys.stdout.flush, what)
+
+
+def _guarded_stdout(action, what):
+    try:
+        action()
+    except BrokenPipeError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise _StdoutError(
+            f"cannot write {what} to stdout: {_one_line(exc)}"
+        ) from exc
+
+
+def _silence_stdout():
+    # Point the stdout file descriptor at /dev/null, so that what is still
+    # buffered goes there when the interpreter flushes at exit.
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+    except OSError:
+        pass
+
+
+def _stderr(text):
+    # stderr is where errors go: if even that fails, there is nothing to say.
+    if sys.stderr is None:
+        return
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _forget_unhandled_interrupt():
+    # CPython marks a KeyboardInterrupt that escapes exec() or eval() of a
+    # string (as a library import may do: NumPy, SciPy, Numba) as
+    # "unhandled", and then ends the process by SIGINT (exit code -2)
+    # although main() handled it and returned 130. Each exec() of a string
+    # clears that mark before it runs, so an empty one undoes it.
+    exec("", {})  # noqa: S102 - a constant empty string
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 # --- helpers -------------------------------------------------------------------
@@ -612,11 +934,11 @@ def _unique_warnings(caught):
 
 def _note(args, text):
     if not args.quiet:
-        print(text, file=sys.stderr)
+        _stderr(text)
 
 
 def _fail(message, code):
-    print(f"bwfast: error: {_one_line(message)}", file=sys.stderr)
+    _stderr(f"bwfast: error: {_one_line(message)}")
     return code
 
 

@@ -18,12 +18,24 @@ DEFAULT_TARGET_FILE = "digits_cov.npy"
 
 _EXTENSIONS = (".npy", ".npz", ".csv")
 
-# In "auto" mode a square array counts as a covariance when it is symmetric
-# to this relative tolerance. It is loose on purpose: a covariance stored in
-# float32 or printed to CSV with 8 digits must still be recognised, and
-# Target then applies its own, stricter checks with a clear message. Real
-# samples x features data are never symmetric to 1e-6.
-_AUTO_SYMMETRY_RTOL = 1e-6
+# In "auto" mode a square array is a covariance when it is symmetric up to
+# the rounding of the dtype stored in the file (max |A - A^T| <= sqrt(eps) *
+# max |A|, the allowance Target itself applies), and is refused otherwise: a
+# square array that is not symmetric is either a broken covariance or
+# samples that happen to be square, and guessing between them hides the
+# mistake. Non-square arrays are samples.
+
+# What a non-real dtype holds, by dtype.kind, for the error message.
+_NON_REAL = {
+    "b": "booleans",
+    "c": "complex numbers",
+    "O": "Python objects",
+    "U": "text",
+    "S": "bytes",
+    "V": "structured records",
+    "M": "dates",
+    "m": "time differences",
+}
 
 
 def load_target(path, kind="auto"):
@@ -39,8 +51,11 @@ def load_target(path, kind="auto"):
         ``"cov"``: the array is an (n, n) covariance matrix. ``"samples"``:
         it is an (m, n) matrix of m samples of n features, and the target is
         its sample covariance (ddof=1). ``"auto"``: a key ``cov`` or
-        ``samples`` in a ``.npz`` decides; otherwise a square, symmetric
-        array is a covariance and anything else is samples.
+        ``samples`` in a ``.npz`` decides; otherwise a square array that is
+        symmetric up to the rounding of its stored dtype is a covariance, a
+        square array that is not symmetric is refused (pass
+        ``kind="samples"`` if it holds samples), and a non-square array is
+        samples.
 
     Returns
     -------
@@ -53,8 +68,10 @@ def load_target(path, kind="auto"):
         If `path` does not exist.
     ValueError
         If the file cannot be read, has an unsupported extension, holds
-        non-numeric, non-finite or non-2-D data, or is not a valid
-        covariance. The one-line message names the file and the problem.
+        non-real (bool, complex, object, text, ...), non-finite or non-2-D
+        data, is square but not symmetric under ``kind="auto"``, or is not
+        a valid covariance. The one-line message names the file and the
+        problem.
 
     Examples
     --------
@@ -71,15 +88,16 @@ def load_target(path, kind="auto"):
     return _load(path, kind)[0]
 
 
-def _load(path, kind):
+def _load(path, kind, flag=None):
     # load_target, also returning the resolved kind and the stored shape
-    # (the CLI reports how it read the file).
+    # (the CLI reports how it read the file). `flag` names the option that
+    # sets kind in messages ("--kind" for the CLI; None: "kind=").
     from bwfast import Target
 
-    array, kind, stored = _read(path, kind)
+    array, kind, stored = _read(path, kind, flag)
     # A covariance stored in float32 is symmetric only to float32 rounding:
     # allow sqrt(eps) of the stored dtype, not of float64.
-    rtol = float(np.sqrt(np.finfo(stored).eps))
+    rtol = _rtol(stored)
     try:
         if kind == "cov":
             target = Target(array, rtol=rtol)
@@ -117,8 +135,9 @@ def read_target_array(path, kind="auto"):
     return array, kind
 
 
-def _read(path, kind):
-    # read_target_array, also returning the dtype stored in the file.
+def _read(path, kind, flag=None):
+    # read_target_array, also returning the float dtype whose rounding the
+    # stored data carry (float64 for integers and CSV text).
     if kind not in KINDS:
         raise ValueError(f"`kind` must be one of {', '.join(KINDS)}; got {kind!r}")
     path = Path(path)
@@ -138,14 +157,13 @@ def _read(path, kind):
     if ext == ".npy":
         array = _read_npy(path, name)
     elif ext == ".npz":
-        array, kind = _read_npz(path, name, kind)
+        array, kind = _read_npz(path, name, kind, flag)
     else:
         array = _read_csv(path, name)
 
-    stored = np.float32 if np.asarray(array).dtype == np.float32 else np.float64
-    array = _check_array(array, name)
+    array, stored = _check_array(array, name)
     if kind == "auto":
-        kind = "cov" if _looks_like_cov(array) else "samples"
+        kind = _auto_kind(array, stored, name, flag)
     return array, kind, stored
 
 
@@ -191,13 +209,14 @@ def _read_npy(path, name):
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
+        _raise_if_objects(exc, name)
         raise ValueError(
             f"{name}: not a readable .npy file ({_one_line(exc)})"
         ) from exc
     return array
 
 
-def _read_npz(path, name, kind):
+def _read_npz(path, name, kind, flag):
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -210,6 +229,7 @@ def _read_npz(path, name, kind):
         with archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        _raise_if_objects(exc, name)
         raise ValueError(
             f"{name}: not a readable .npz file ({_one_line(exc)})"
         ) from exc
@@ -223,12 +243,15 @@ def _read_npz(path, name, kind):
         return arrays[kind], kind
     if len(named) == 2:
         raise ValueError(
-            f"{name}: holds both 'cov' and 'samples'; choose one with kind"
+            f"{name}: holds both 'cov' and 'samples'; choose one with "
+            f"{_kind_option('cov', flag)} or {_kind_option('samples', flag)}"
         )
     if len(named) == 1:
         key = named[0]
         if kind != "auto":
-            raise ValueError(f"{name}: holds {key!r} but kind={kind!r} was asked for")
+            raise ValueError(
+                f"{name}: holds {key!r} but {_kind_option(kind, flag)} was asked for"
+            )
         return arrays[key], key
     if len(arrays) == 1:
         return next(iter(arrays.values())), kind
@@ -240,7 +263,8 @@ def _read_npz(path, name, kind):
 
 def _read_csv(path, name):
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: a byte order mark (Excel, PowerShell) is not data
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [
                 (lineno, row)
                 for lineno, row in enumerate(csv.reader(f), start=1)
@@ -292,11 +316,10 @@ def _read_csv(path, name):
 
 
 def _check_array(array, name):
+    # -> (native float64 C-contiguous copy, float dtype of the stored data)
     array = np.asarray(array)
-    if array.dtype.kind not in "biuf":
-        raise ValueError(
-            f"{name}: holds non-real data (dtype {array.dtype}); expected real numbers"
-        )
+    if array.dtype.kind not in "iuf":
+        raise ValueError(_non_real(name, array.dtype))
     if array.ndim != 2:
         raise ValueError(
             f"{name}: must hold a 2-D array (covariance or samples x features); "
@@ -305,7 +328,15 @@ def _check_array(array, name):
     if array.size == 0:
         raise ValueError(f"{name}: holds an empty array of shape {array.shape}")
 
-    # Integers and float32 are read as float64: exact for both.
+    # A float array carries the rounding of its own precision; integers are
+    # exact. Byte order does not matter ('>f4' rounds like float32).
+    if array.dtype.kind == "f" and array.dtype.itemsize < 8:
+        stored = np.dtype(array.dtype.type)
+    else:
+        stored = np.dtype(np.float64)
+
+    # Integers, float16/32 and big-endian floats are read as native float64:
+    # exact for all of them.
     array = np.ascontiguousarray(array, dtype=np.float64)
 
     bad = ~np.isfinite(array)
@@ -317,15 +348,51 @@ def _check_array(array, name):
         raise ValueError(
             f"{name}: contains {what} at row {i + 1}, column {j + 1}{more}"
         )
-    return array
+    return array, stored
 
 
-def _looks_like_cov(array):
+def _auto_kind(array, stored, name, flag):
+    # kind="auto" for an array that no .npz key named (see the comment at
+    # the top of the module).
     m, n = array.shape
     if m != n:
-        return False
-    scale = np.max(np.abs(array))
-    return bool(np.all(np.abs(array - array.T) <= _AUTO_SYMMETRY_RTOL * scale))
+        return "samples"
+    rtol = _rtol(stored)
+    scale = float(np.max(np.abs(array)))
+    asym = float(np.max(np.abs(array - array.T)))
+    if asym <= rtol * scale:
+        return "cov"
+    raise ValueError(
+        f"{name}: the array is square ({n} x {n}) but not symmetric "
+        f"(max |A - A^T| = {asym:.3g} > {rtol:.1e} * max |A| = {rtol * scale:.3g}), "
+        f"so it is not a covariance; pass {_kind_option('samples', flag)} if it "
+        "holds samples x features, or fix the matrix"
+    )
+
+
+def _rtol(stored):
+    # rounding allowance of the stored data: sqrt(eps), as Target applies
+    return float(np.sqrt(np.finfo(stored).eps))
+
+
+def _non_real(name, dtype):
+    what = _NON_REAL.get(dtype.kind, "non-numeric data")
+    return (
+        f"{name}: holds non-real data: {what} (dtype {dtype}); expected integer "
+        "or floating-point numbers"
+    )
+
+
+def _raise_if_objects(exc, name):
+    # np.load(allow_pickle=False) refuses object arrays with a ValueError
+    # about pickles; say what the file holds instead.
+    if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
+        raise ValueError(_non_real(name, np.dtype(object))) from exc
+
+
+def _kind_option(value, flag):
+    # kind=value as the caller spells it: the API keyword or the CLI flag
+    return f"kind={value!r}" if flag is None else f"{flag} {value}"
 
 
 def _is_number(cell):

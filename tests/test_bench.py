@@ -60,8 +60,8 @@ def test_gradient_steps(benchmark, impl):
     widths = (n,) * (depth + 1)
     cov = _spd(n)
     t = bwfast.Target(cov)
-    ws = bwfast.balanced_weights(np.random.default_rng(0).standard_normal((n, n)),
-                                 widths)
+    W0 = np.random.default_rng(0).standard_normal((n, n)) / np.sqrt(n)
+    ws = bwfast.balanced_weights(W0, widths)
     lr = bwfast.default_lr(t, widths)
 
     def ref_steps():

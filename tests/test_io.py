@@ -114,6 +114,26 @@ def test_csv_tolerates_spaces_and_blank_lines(tmp_path):
     assert kind == "samples"
 
 
+@pytest.mark.parametrize("header", [False, True])
+def test_csv_with_byte_order_mark(tmp_path, header):
+    # Regression: a BOM (encoding="utf-8-sig", as Excel saves) made the
+    # first data row look like a header, and it was silently dropped.
+    X = _samples(15, m=5, n=4)
+    path = tmp_path / "bom.csv"
+    np.savetxt(
+        path,
+        X,
+        delimiter=",",
+        header="a,b,c,d" if header else "",
+        comments="",
+        encoding="utf-8-sig",
+    )
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    array, kind = read_target_array(path)
+    assert array.shape == (5, 4) and kind == "samples"
+    np.testing.assert_array_equal(array, X)
+
+
 def test_extension_is_case_insensitive(tmp_path):
     np.save(tmp_path / "c.npy", _cov(6))
     (tmp_path / "c.npy").rename(tmp_path / "C.NPY")
@@ -123,10 +143,40 @@ def test_extension_is_case_insensitive(tmp_path):
 # --- kind --------------------------------------------------------------------------
 
 
-def test_auto_reads_square_nonsymmetric_as_samples(tmp_path):
+def test_auto_refuses_square_nonsymmetric(tmp_path):
+    # Square samples cannot be told from a broken covariance: refused, with
+    # the way out, rather than silently read as samples.
     X = _samples(7, m=5, n=5)
     np.save(tmp_path / "x.npy", X)
+    with pytest.raises(ValueError) as info:
+        read_target_array(tmp_path / "x.npy")
+    message = str(info.value)
+    assert "square (5 x 5) but not symmetric" in message
+    assert "kind='samples'" in message and "fix the matrix" in message
+    assert read_target_array(tmp_path / "x.npy", "samples")[1] == "samples"
+    t = load_target(tmp_path / "x.npy", kind="samples")
+    np.testing.assert_allclose(t.cov, np.cov(X, rowvar=False), rtol=1e-14)
+
+
+@pytest.mark.parametrize("asymmetry", [2e-6, 0.1])
+def test_auto_refuses_a_perturbed_covariance(tmp_path, asymmetry):
+    # Regression: a covariance with one entry off by 2e-6 * max (or 0.1)
+    # was read as 5 samples x 5 features without a word.
+    cov = _cov(11)
+    cov[0, 1] += asymmetry * np.abs(cov).max()
+    np.save(tmp_path / "c.npy", cov)
+    for call in (read_target_array, load_target):
+        with pytest.raises(ValueError, match="square .* but not symmetric"):
+            call(tmp_path / "c.npy")
+    with pytest.raises(ValueError, match="must be symmetric"):
+        load_target(tmp_path / "c.npy", kind="cov")
+
+
+def test_auto_reads_nonsquare_as_samples_and_symmetric_square_as_cov(tmp_path):
+    np.save(tmp_path / "x.npy", _samples(12, m=6, n=5))
+    np.save(tmp_path / "c.npy", _cov(12))
     assert read_target_array(tmp_path / "x.npy")[1] == "samples"
+    assert read_target_array(tmp_path / "c.npy")[1] == "cov"
 
 
 def test_auto_accepts_float32_rounded_covariance(tmp_path):
@@ -137,9 +187,37 @@ def test_auto_accepts_float32_rounded_covariance(tmp_path):
     # Target allows float32 rounding for a float32 file, not float64's.
     t = load_target(tmp_path / "c.npy")
     np.testing.assert_allclose(t.cov, cov, rtol=1e-6)
+    # The same numbers stored in float64 are not symmetric to float64
+    # rounding: auto refuses them, kind="cov" gets Target's message.
     np.save(tmp_path / "c64.npy", cov.astype(np.float64))
-    with pytest.raises(ValueError, match="must be symmetric"):
+    with pytest.raises(ValueError, match="square .* but not symmetric"):
         load_target(tmp_path / "c64.npy")
+    with pytest.raises(ValueError, match="must be symmetric"):
+        load_target(tmp_path / "c64.npy", kind="cov")
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4", "<f4", ">i4", "<f2"])
+def test_other_byte_orders_and_precisions_are_read(tmp_path, dtype):
+    # Regression: big-endian arrays must be read (as native float64).
+    X = np.random.default_rng(13).integers(-8, 9, size=(30, 4)).astype(dtype)
+    cov = np.cov(X.astype(np.float64), rowvar=False).astype(dtype)
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "c.npy", cov)
+    array, kind = read_target_array(tmp_path / "x.npy")
+    assert kind == "samples" and array.dtype == np.float64
+    assert array.dtype.isnative and array.flags.c_contiguous
+    np.testing.assert_array_equal(array, X.astype(np.float64))
+    t = load_target(tmp_path / "c.npy")
+    np.testing.assert_allclose(t.cov, cov.astype(np.float64), rtol=1e-6)
+
+
+def test_big_endian_float32_keeps_float32_rounding_allowance(tmp_path):
+    # '>f4' rounds like float32: one-ulp asymmetry is rounding, not an error.
+    cov = _cov(14).astype(np.float32)
+    cov[0, 1] = np.nextafter(cov[0, 1], np.float32(np.inf))
+    np.save(tmp_path / "c.npy", cov.astype(">f4"))
+    assert read_target_array(tmp_path / "c.npy")[1] == "cov"
+    assert load_target(tmp_path / "c.npy").n == 5
 
 
 def test_kind_samples_overrides_auto(tmp_path):
@@ -227,8 +305,55 @@ ERROR_CASES = {
     "vector.npy": (_save(np.ones(3)), "auto", ValueError, "2-D array"),
     "cube.npy": (_save(np.ones((2, 2, 2))), "auto", ValueError, "3-D array"),
     "size0.npy": (_save(np.ones((0, 3))), "auto", ValueError, "empty array"),
-    "strings.npy": (_save(np.array([["a", "b"]])), "auto", ValueError, "non-real"),
-    "complex.npy": (_save(np.eye(2) * 1j), "auto", ValueError, "non-real"),
+    "strings.npy": (
+        _save(np.array([["a", "b"]])),
+        "auto",
+        ValueError,
+        "non-real data: text (dtype <U1)",
+    ),
+    "bytes.npy": (_save(np.array([[b"a"]])), "auto", ValueError, "dtype |S1"),
+    "complex.npy": (
+        _save(np.eye(2) * 1j),
+        "auto",
+        ValueError,
+        "non-real data: complex numbers (dtype complex128)",
+    ),
+    "bool.npy": (
+        _save(np.eye(3, dtype=bool)),
+        "auto",
+        ValueError,
+        "non-real data: booleans (dtype bool)",
+    ),
+    "object.npy": (
+        lambda p: np.save(p, np.eye(2).astype(object), allow_pickle=True),
+        "auto",
+        ValueError,
+        "non-real data: Python objects (dtype object)",
+    ),
+    "object.npz": (
+        lambda p: np.savez(p, cov=np.eye(2).astype(object)),
+        "auto",
+        ValueError,
+        "dtype object",
+    ),
+    "bool.npz": (
+        lambda p: np.savez(p, samples=np.ones((3, 2), dtype=bool)),
+        "auto",
+        ValueError,
+        "dtype bool",
+    ),
+    "dates.npy": (
+        _save(np.zeros((2, 2), dtype="M8[s]")),
+        "auto",
+        ValueError,
+        "non-real data: dates",
+    ),
+    "square_samples.npy": (
+        _save(_samples(16, m=4, n=4)),
+        "auto",
+        ValueError,
+        "square (4 x 4) but not symmetric",
+    ),
     "nonsquare.npy": (
         _save(np.ones((3, 4))),
         "cov",
@@ -263,3 +388,18 @@ def test_errors_are_one_line_and_name_the_file(tmp_path, name):
 def test_directory_is_not_a_target(tmp_path):
     with pytest.raises(ValueError, match="is a directory"):
         load_target(tmp_path)
+
+
+def test_npz_kind_messages_name_the_keyword(tmp_path):
+    # The API says kind=...; the CLI passes its flag and says --kind ...
+    from bwfast.io import _load
+
+    path = tmp_path / "both.npz"
+    np.savez(path, cov=np.eye(2), samples=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="with kind='cov' or kind='samples'$"):
+        load_target(path)
+    with pytest.raises(ValueError, match="with --kind cov or --kind samples$"):
+        _load(path, "auto", flag="--kind")
+    np.savez(path, cov=np.eye(2))
+    with pytest.raises(ValueError, match="holds 'cov' but --kind samples was"):
+        _load(path, "samples", flag="--kind")
