@@ -79,7 +79,7 @@ class BuresWasserstein:
 
 
 class LossAndGrad:
-    """Depth 3, n = d_0; bottleneck k = n / 16 or none."""
+    """Depth 3, n = d_0; widths n, k, k, n with k = n / 16, or all n."""
 
     params = (["bwfast", "reference"], [256, 1024], [0.0, 0.5],
               ["none", "n/16"], ["float64", "float32"])
@@ -89,7 +89,7 @@ class LossAndGrad:
     def setup(self, impl, n, tau, bottleneck, dtype):
         _only_float64(impl, dtype)
         k = n if bottleneck == "none" else n // 16
-        widths = (n, k, n, n)
+        widths = (n, k, k, n)
         self.ws = bench._layers(widths, dtype=np.dtype(dtype))
         cov = _spd(n)
         self.target = bwfast.Target(cov) if impl == "bwfast" else cov

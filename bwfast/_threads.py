@@ -8,6 +8,11 @@ import contextlib
 # default thread count than with one thread (0.44 ms against 133 ms).
 SMALL = 256
 
+# At or below this size OpenBLAS runs single-threaded by itself (its GEMM
+# threading starts near m * n * k = 65536), so no limit needs to be set;
+# setting one costs about 10 us, more than the kernel on a 8 x 8 matrix.
+TINY = 32
+
 _controller = None
 
 
@@ -22,7 +27,7 @@ def _get_controller():
 
 def blas_limit(size):
     """Context holding BLAS to one thread when the largest dimension is small."""
-    if size >= SMALL:
+    if size >= SMALL or size <= TINY:
         return contextlib.nullcontext()
     return _get_controller().limit(limits=1, user_api="blas")
 

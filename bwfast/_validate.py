@@ -85,6 +85,11 @@ def check_symmetric(a, name, rtol=None):
 
 def check_psd(wmin, wmax, name, rtol):
     """Reject eigenvalues clearly below zero: wmin < -rtol * max(|wmax|)."""
+    if np.size(wmin) == 1:  # single matrix: plain floats are much cheaper
+        lo = float(np.ravel(wmin)[0])
+        hi = float(np.ravel(wmax)[0])
+        if lo >= -rtol * max(abs(hi), abs(lo)):
+            return
     wmin = np.asarray(wmin, dtype=np.float64)
     wmax = np.asarray(wmax, dtype=np.float64)
     limit = -rtol * np.maximum(np.abs(wmax), np.abs(wmin))

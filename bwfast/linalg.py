@@ -1,5 +1,7 @@
 """Public PSD matrix functions and Bures-Wasserstein distances."""
 
+import math
+
 import numpy as np
 
 from . import _kernels as K
@@ -35,15 +37,19 @@ def _pow2_exponents(*stacks):
     """Even exponents e per matrix (common to the stacks), 0 if in range."""
     m = stacks[0].shape[0]
     scale = np.zeros(m)
+    tmp = np.empty(m)
     for S in stacks:
-        tmp = np.empty(m)
         if S.size:
             K.absmax_batch(S, tmp)
-            scale = np.maximum(scale, tmp)
+            np.maximum(scale, tmp, out=scale)
+    limit = _LIMIT[stacks[0].dtype]
+    if m == 1:  # the common single-matrix call, without array arithmetic
+        x = float(scale[0])
+        ex = math.frexp(x)[1] if x > 0 else 0
+        return np.full(1, 2 * (ex // 2) if abs(ex) > limit else 0, np.int64)
     e = np.frexp(scale)[1].astype(np.int64)
     e = np.where(scale > 0, e, 0)
-    e = np.where(np.abs(e) > _LIMIT[stacks[0].dtype], 2 * (e // 2), 0)
-    return e
+    return np.where(np.abs(e) > limit, 2 * (e // 2), 0)
 
 
 def _scaled(S, e):
