@@ -18,6 +18,10 @@ STEP_LIMIT = 2
 DIVERGED = 3
 RANK_DROPPED = 4
 
+# Loss selector of the network kernels.
+BW_LOSS = 0
+FROBENIUS_LOSS = 1
+
 
 # --------------------------------------------------------------------------
 # small helpers
@@ -657,6 +661,28 @@ def e2e_grad_tau(W, R0, S0, tr0, tau, G):
 
 
 @njit(**JIT)
+def e2e_grad_frobenius(W, S0, tau, G):
+    """The square loss ||W W^T + tau I - S0||_F^2 and G = 4 D W, D the residual.
+
+    The classical baseline against which BW training is compared. The
+    residual is a difference of matrices, not of traces, so the loss has no
+    cancellation beyond that of D itself.
+    """
+    n = W.shape[0]
+    D = W @ W.T
+    for i in range(n):
+        for j in range(n):
+            D[i, j] -= S0[i, j]
+        D[i, i] += tau
+    loss = _sumsq(D)
+    P = D @ W
+    for i in range(n):
+        for j in range(W.shape[1]):
+            G[i, j] = 4 * P[i, j]
+    return loss, 1.0
+
+
+@njit(**JIT)
 def _prefix_start(dims, j):
     """Offset of P_j = W_j ... W_1 (j >= 2) in the prefix buffer."""
     start = 0
@@ -674,7 +700,8 @@ def _prefix(theta, pbuf, dims, j):
 
 
 @njit(**JIT)
-def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G):
+def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
+                    loss_kind=BW_LOSS):
     """Prefix products (into pbuf), loss and end-to-end gradient G = dL/dW.
 
     Returns (loss, ratio, measure) with measure = ||G||_F ||W||_F, the
@@ -706,7 +733,9 @@ def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G):
         return np.inf, 0.0, -1.0
 
     # end-to-end loss and gradient
-    if tau > 0.0:
+    if loss_kind == FROBENIUS_LOSS:
+        loss, ratio = e2e_grad_frobenius(prev, S0, tau, G)
+    elif tau > 0.0:
         loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G)
     else:
         # W = A B through the narrowest layer b when it is narrower than
@@ -826,7 +855,8 @@ def network_backward_update(theta, dims, pbuf, G, lr, measure):
 
 
 @njit(**JIT)
-def network_loss_grad(theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G):
+def network_loss_grad(theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G,
+                      loss_kind=BW_LOSS):
     """Loss and the gradient of every layer, written into grad.
 
     Prefix products P_j = W_j ... W_1 are formed once (in pbuf), the
@@ -834,7 +864,7 @@ def network_loss_grad(theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G
     network_backward. Returns (loss, ratio); see e2e_grad_tau0 for ratio.
     """
     loss, ratio, _ = network_forward(
-        theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G
+        theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind
     )
     network_backward(theta, dims, pbuf, G, grad)
     return loss, ratio
@@ -867,7 +897,7 @@ def layer_measure(theta, dims, pbuf, G):
 
 @njit(**JIT)
 def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
-            tol_abs, div_limit, hist, hbase, every, pbuf, G):
+            tol_abs, div_limit, hist, hbase, every, pbuf, G, loss_kind=BW_LOSS):
     """Full-batch gradient descent in place on theta, from step start.
 
     At each step the loss and G = dL/dW are evaluated at the current
@@ -889,13 +919,13 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
     meas = np.nan
     while True:
         loss, ratio, emeas = network_forward(
-            theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G
+            theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind
         )
         if step % every == 0:
             hist[step // every - hbase] = loss
         if not np.isfinite(loss) or loss > div_limit or emeas < 0.0:
             return step, DIVERGED, loss, np.nan
-        if tau <= 0.0 and ratio <= rank_rtol:
+        if loss_kind == BW_LOSS and tau <= 0.0 and ratio <= rank_rtol:
             return step, RANK_DROPPED, loss, meas
         if step >= limit:
             meas = layer_measure(theta, dims, pbuf, G)
@@ -908,7 +938,8 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
             meas = m
             if meas <= tol_abs:
                 loss, _, _ = network_forward(
-                    theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G
+                    theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
+                    loss_kind
                 )
                 if step % every == 0 and step <= stop:
                     hist[step // every - hbase] = loss

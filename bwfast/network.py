@@ -214,7 +214,16 @@ class Workspace:
         self.G = np.empty((int(dims[-1]), int(dims[0])), dtype)
 
 
-def loss_and_grad(weights, target, tau=0.0):
+LOSSES = {"bw": K.BW_LOSS, "frobenius": K.FROBENIUS_LOSS}
+
+
+def loss_code(loss):
+    if loss not in LOSSES:
+        raise ValueError(f"`loss` must be one of {sorted(LOSSES)}; got {loss!r}")
+    return LOSSES[loss]
+
+
+def loss_and_grad(weights, target, tau=0.0, loss="bw"):
     """BW loss of a deep linear network and the gradient of every layer.
 
     L_tau = BW^2(W W^T + tau I, Sigma0) for W = W_N ... W_1, computed in one
@@ -233,6 +242,10 @@ def loss_and_grad(weights, target, tau=0.0):
     target : Target or (n, n) array_like
     tau : float, default 0
         Isotropic variance added to the model covariance, >= 0.
+    loss : {'bw', 'frobenius'}
+        'frobenius' evaluates instead the square loss
+        ||W W^T + tau I - Sigma0||_F^2 (end-to-end gradient
+        4 (W W^T + tau I - Sigma0) W), the classical baseline.
 
     Returns
     -------
@@ -257,6 +270,7 @@ def loss_and_grad(weights, target, tau=0.0):
     """
     t = as_target(target)
     tau = scalar(tau, "tau", low=0.0)
+    code = loss_code(loss)
     ws, dims, dtype = check_weights(weights, t.n)
     theta = pack(ws, dtype)
     R0, S0 = t.arrays(dtype)
@@ -264,11 +278,11 @@ def loss_and_grad(weights, target, tau=0.0):
     k = min(int(dims.min()), t.rank)
     rr = rank_rtol(dims, dtype)
     with blas_limit(int(dims.max())):
-        loss, ratio = K.network_loss_grad(
+        value, ratio = K.network_loss_grad(
             theta, dims, R0, S0, t.trace, tau, max(k, 1), rr,
-            work.grad, work.pbuf, work.G,
+            work.grad, work.pbuf, work.G, code,
         )
-    if tau == 0.0 and k > 0 and ratio <= rr:
+    if code == K.BW_LOSS and tau == 0.0 and k > 0 and ratio <= rr:
         warnings.warn(
             f"rank(R0 W) dropped below k = {k} (s_k/s_1 = {ratio:.2e}): the "
             "tau = 0 loss has a kink here and the gradient is a subgradient; "
@@ -276,10 +290,10 @@ def loss_and_grad(weights, target, tau=0.0):
             RankDropWarning,
             stacklevel=2,
         )
-    return float(loss), unpack(work.grad, dims)
+    return float(value), unpack(work.grad, dims)
 
 
-def optimal_loss(target, k, tau=0.0):
+def optimal_loss(target, k, tau=0.0, loss="bw"):
     """The smallest loss reachable with rank(W) <= k.
 
     tau = 0: sum_{i > k} lambda_i (the discarded eigenvalues themselves, not
@@ -287,7 +301,8 @@ def optimal_loss(target, k, tau=0.0):
     target. tau > 0: sum of (sqrt(lambda_i) - sqrt(tau))^2 over every i
     except the top-k indices with lambda_i > tau; for 0 < tau <= lambda_k
     this is sum_{i > k} (sqrt(lambda_i) - sqrt(tau))^2, attained at
-    Omega_k diag(lambda_k - tau) Omega_k^T.
+    Omega_k diag(lambda_k - tau) Omega_k^T. For ``loss='frobenius'``
+    (Eckart-Young): the sum of (lambda_i - tau)^2 over the same indices.
 
     Examples
     --------
@@ -299,9 +314,14 @@ def optimal_loss(target, k, tau=0.0):
     t = as_target(target)
     k = scalar(k, "k", low=0, integer=True)
     tau = scalar(tau, "tau", low=0.0)
+    code = loss_code(loss)
     if k > t.n:
         raise ValueError(f"`k` must be <= n = {t.n}; got {k}")
     lam = t.eigvals
+    if code == K.FROBENIUS_LOSS:
+        keep = np.zeros(t.n, dtype=bool)
+        keep[:k] = lam[:k] > tau
+        return float(np.sum((lam[~keep] - tau) ** 2))
     if tau == 0.0:
         return float(lam[k:].sum())
     terms = (np.sqrt(lam) - np.sqrt(tau)) ** 2

@@ -175,6 +175,26 @@ def _e2e_grad(W, cov, tau, k):
     return 2.0 * (W - R0 @ U[:, :k] @ Vt[:k])
 
 
+def frobenius_loss_and_grad(weights, cov, tau=0.0):
+    """Square loss ||W W^T + tau I - cov||_F^2 and its layer gradients, with
+    end-to-end gradient 4 (W W^T + tau I - cov) W, every product formed anew."""
+    weights = [np.asarray(Wj, dtype=np.float64) for Wj in weights]
+    cov = np.asarray(cov, dtype=np.float64)
+    W = end_to_end(weights)
+    D = W @ W.T + tau * np.eye(W.shape[0]) - cov
+    G = 4.0 * D @ W
+    return float(np.sum(D * D)), _layer_grads(weights, G)
+
+
+def frobenius_optimal_loss(cov, k, tau=0.0):
+    """Eckart-Young: the smallest square loss with rank(W) <= k is the sum of
+    (lam_i - tau)^2 over every i except the top-k ones with lam_i > tau."""
+    lam = sla.eigvalsh(np.asarray(cov, dtype=np.float64))[::-1]
+    keep = np.zeros(lam.shape, dtype=bool)
+    keep[:k] = lam[:k] > tau
+    return float(np.sum((lam[~keep] - tau) ** 2))
+
+
 def loss_and_grad(weights, cov, tau=0.0):
     """Network loss and the gradient of every layer, from dense formulas.
 
@@ -189,14 +209,19 @@ def loss_and_grad(weights, cov, tau=0.0):
     W = end_to_end(weights)
     k = min([weights[0].shape[1]] + [Wj.shape[0] for Wj in weights])
     G = _e2e_grad(W, cov, tau, k)
+    return loss(weights, cov, tau), _layer_grads(weights, G)
 
+
+def _layer_grads(weights, G):
+    """Chain rule, each product formed anew:
+    dL/dW_j = (W_N ... W_{j+1})^T G (W_{j-1} ... W_1)^T."""
     grads = []
     for j in range(len(weights)):
         above = end_to_end(weights[j + 1 :]) if j + 1 < len(weights) else None
         below = end_to_end(weights[:j]) if j > 0 else None
         Gj = G if above is None else above.T @ G
         grads.append(Gj if below is None else Gj @ below.T)
-    return loss(weights, cov, tau), grads
+    return grads
 
 
 def optimal_loss(cov, k, tau=0.0):

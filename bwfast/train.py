@@ -14,6 +14,7 @@ from ._threads import blas_limit
 from ._validate import scalar
 from .network import (
     Workspace,
+    loss_code,
     as_target,
     balanced_weights,
     check_weights,
@@ -83,6 +84,8 @@ class FitResult:
     widths : tuple of int
     wall_time : float
         Seconds spent in the descent loop (compilation included on first use).
+    objective : str
+        'bw' or 'frobenius': the loss that was minimized.
     """
 
     weights: tuple
@@ -102,6 +105,7 @@ class FitResult:
     k: int
     widths: tuple
     wall_time: float
+    objective: str = "bw"
 
     @property
     def converged(self):
@@ -114,19 +118,23 @@ class FitResult:
         return balancedness(self.weights)
 
 
-def default_lr(target, widths, tau=0.0):
+def default_lr(target, widths, tau=0.0, loss="bw"):
     """Step size 0.5 / (N * lambda^{(N-1)/N}) with lambda = lambda_1 + tau.
 
     For balanced weights at the target's scale the end-to-end dynamics of
     singular value i move with rate N * sigma_i^{2(N-1)/N} times the
     curvature 2 of the loss in W; this step makes the fastest mode contract
-    in one step and keeps every mode stable.
+    in one step and keeps every mode stable. The square loss has curvature
+    about 8 lambda_1 in W, hence 0.125 / (N * lambda^{(2N-1)/N}) for it.
     """
     t = as_target(target)
+    code = loss_code(loss)
     N = len(widths) - 1
     lam = float(t.eigvals[0]) + float(tau)
     if lam <= 0.0:
         return 0.5 / N
+    if code == K.FROBENIUS_LOSS:
+        return 0.125 / (N * lam ** ((2 * N - 1) / N))
     return 0.5 / (N * lam ** ((N - 1) / N))
 
 
@@ -226,7 +234,7 @@ DEFAULT_TOL = {np.dtype(np.float64): 1e-7, np.dtype(np.float32): 1e-5}
 
 def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         init="balanced", seed=0, record_every=10, dtype=np.float64,
-        callback=None):
+        callback=None, loss="bw"):
     """Train a deep linear network by full-batch gradient descent on the BW loss.
 
     Minimizes L_tau(W_1 .. W_N) = BW^2(W W^T + tau I, Sigma0) with
@@ -264,6 +272,11 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         Arithmetic of the descent loop.
     callback : callable, optional
         ``callback(step, loss)`` after each compiled chunk.
+    loss : {'bw', 'frobenius'}
+        The objective: the BW loss, or the square loss
+        ||W W^T + tau I - Sigma0||_F^2 (the classical baseline; its optimum
+        is given by Eckart-Young and its tolerance scale is
+        (tr Sigma0 + n tau)^2, the loss having squared units).
 
     Returns
     -------
@@ -282,6 +295,7 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
     t = as_target(target)
     dims = _check_widths(widths, t.n)
     tau = scalar(tau, "tau", low=0.0)
+    kind = loss_code(loss)
     steps = scalar(steps, "steps", low=0, integer=True)
     every = scalar(record_every, "record_every", low=1, integer=True)
     for name, value in (("steps", steps), ("record_every", every)):
@@ -295,7 +309,7 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"`dtype` must be float32 or float64; got {dtype}")
     tol = DEFAULT_TOL[dtype] if tol is None else scalar(tol, "tol", low=0.0)
-    lr = default_lr(t, dims, tau) if lr is None else scalar(
+    lr = default_lr(t, dims, tau, loss) if lr is None else scalar(
         lr, "lr", low=0.0, strict=True
     )
     if callback is not None and not callable(callback):
@@ -313,7 +327,7 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
     try:
         with blas_limit(int(dims.max())):
             return _run(t, dims, tau, lr, steps, tol, every, callback, k,
-                        k_eff, rr, R0, S0, theta, work)
+                        k_eff, rr, R0, S0, theta, work, kind)
     except np.linalg.LinAlgError as exc:
         if isinstance(exc, BWLinAlgError):
             raise
@@ -323,13 +337,15 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
 
 
 def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
-         R0, S0, theta, work):
+         R0, S0, theta, work, kind):
     start = time.perf_counter()
     # scale of the convergence test and of divergence: the target's total
     # variance plus the isotropic part (1 if both vanish)
     scale = t.trace + t.n * tau or 1.0
+    if kind == K.FROBENIUS_LOSS:
+        scale = scale * scale  # the square loss has squared units
     loss0, _, _ = K.network_forward(
-        theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.pbuf, work.G
+        theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.pbuf, work.G, kind
     )
     div_limit = _DIVERGENCE_FACTOR * max(loss0, scale)
     # chunks of steps between returns to Python (progress, Ctrl-C), sized
@@ -346,6 +362,7 @@ def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
         done, code, loss, meas = K.descend(
             theta, dims, R0, S0, t.trace, tau, k_eff, rr, lr, first, stop,
             steps, tol * scale, div_limit, hist, base, every, work.pbuf, work.G,
+            kind,
         )
         last = done - 1 if code == K.RUNNING else done
         idx = np.arange(-(-first // every), last // every + 1)
@@ -357,7 +374,8 @@ def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
     wall = time.perf_counter() - start
 
     status = _FROM_CODE[code]
-    opt = optimal_loss(t, k, tau)
+    objective = "frobenius" if kind == K.FROBENIUS_LOSS else "bw"
+    opt = optimal_loss(t, k, tau, objective)
     ws = unpack(theta, dims)
     for w in ws:
         w.flags.writeable = False
@@ -378,7 +396,7 @@ def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
         status=status, message=message, loss=loss, optimum=opt, gap=gap,
         relative_gap=rel, measure=measure,
         lr=lr, tau=tau, tol=tol, k=k, widths=tuple(int(d) for d in dims),
-        wall_time=wall,
+        wall_time=wall, objective=objective,
     )
 
 

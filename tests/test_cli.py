@@ -901,3 +901,16 @@ def test_subprocess_bad_input_has_no_traceback(tmp_path, args):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert_one_error_line(proc.stderr)
+
+
+def test_loss_frobenius_from_the_command_line(capsys):
+    import json as _json
+
+    from bwfast.cli import main as _main
+
+    assert _main(["fit", "--loss", "frobenius", "--widths", "64,16,16,64",
+                  "--quiet", "--json"]) == 0
+    out = _json.loads(capsys.readouterr().out)
+    assert out["loss_function"] == "frobenius"
+    assert out["status"] == "converged"
+    assert out["relative_gap"] < 1e-6
