@@ -104,7 +104,7 @@ def jacobi_eigh_inplace(S, Q):
         for j in range(n):
             fro += float(S[i, j]) * float(S[i, j])
     floor = eps * eps * np.sqrt(fro)
-    for sweep in range(_JACOBI_MAX_SWEEPS):
+    for _ in range(_JACOBI_MAX_SWEEPS):
         rotated = False
         for p in range(n - 1):
             for q in range(p + 1, n):
@@ -776,7 +776,6 @@ def network_backward(theta, dims, pbuf, G, grad):
     B_{j-1} = W_j^T B_j: linear in depth, no product of two hidden-width
     matrices."""
     N = dims.shape[0] - 1
-    d0 = dims[0]
     off = layer_offsets(dims)
     B = G
     for j in range(N, 0, -1):

@@ -7,12 +7,11 @@ import numpy as np
 from numba import njit
 
 from . import _kernels as K
-from ._config import JIT
 from . import reference
+from ._config import JIT
 from ._threads import blas_limit
 from .linalg import bures_wasserstein_squared, sqrtm_psd
-from .network import Target, Workspace, balanced_weights, loss_and_grad, pack
-from .network import rank_rtol
+from .network import Target, Workspace, balanced_weights, loss_and_grad, pack, rank_rtol
 from .train import default_lr
 
 __all__ = ["Case", "CASES", "run", "format_table", "step_memory", "plot_scaling"]
@@ -418,7 +417,8 @@ def plot_scaling(path, quick=False):
             times = []
             for n in sizes:
                 args = [_spd(n, i) for i in range(nargs)]
-                times.append(best_time(lambda: f(*args), repeat=1 if n > 256 else 3))
+                times.append(best_time(lambda f=f, args=args: f(*args),
+                                       repeat=1 if n > 256 else 3))
             ax.loglog(sizes, times, style, label=label)
         ax.set_title(name)
         ax.set_xlabel("n")

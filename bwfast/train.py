@@ -14,10 +14,10 @@ from ._threads import blas_limit
 from ._validate import scalar
 from .network import (
     Workspace,
-    loss_code,
     as_target,
     balanced_weights,
     check_weights,
+    loss_code,
     optimal_loss,
     pack,
     rank_rtol,

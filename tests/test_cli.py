@@ -776,7 +776,7 @@ def test_unexpected_errors_are_one_line(capsys, monkeypatch):
     assert "unexpected RuntimeError: kernel exploded" in line
 
 
-# --- subprocess: python -m bwfast --------------------------------------------------------
+# --- subprocess: python -m bwfast ---------------------------------------------
 
 
 def _python_m_bwfast(*argv, cwd):

@@ -175,12 +175,12 @@ def test_callback_sees_progress():
     rng = np.random.default_rng(12)
     seen = []
     fit(random_pd(rng, 4), (4, 4), steps=4500, tol=0.0,
-        callback=lambda s, l: seen.append((s, l)))
+        callback=lambda s, loss: seen.append((s, loss)))
     steps = [s for s, _ in seen]
     assert steps[0] == 100  # a short first chunk, then about 0.2 s each
     assert steps[-1] == 4500
     assert steps == sorted(set(steps))
-    assert all(np.isfinite(l) for _, l in seen)
+    assert all(np.isfinite(loss) for _, loss in seen)
 
 
 @pytest.mark.parametrize("lr", [1e3, 1e120, 1e300])
