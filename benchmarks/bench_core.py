@@ -144,7 +144,7 @@ class WideStep:
     def setup(self, width):
         widths = (64, width, width, width, 64)
         target = bwfast.Target(_spd(64))
-        ws = bench._layers(widths)
+        ws = bench._wide_layers(widths)  # balanced: stable under repeated steps
         self.run = bench.stepper(target, widths, ws, 0.0,
                                  bwfast.default_lr(target, widths), 2)
         self.run()

@@ -1,7 +1,7 @@
 """bwfast: compiled kernels for Bures-Wasserstein geometry and deep linear
 generative networks trained with the Bures-Wasserstein loss."""
 
-import importlib
+import importlib as _importlib
 
 __version__ = "0.1.0"
 
@@ -37,9 +37,9 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        value = getattr(_importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
+        value = _importlib.import_module(f".{name}", __name__)
     else:
         raise AttributeError(f"module 'bwfast' has no attribute {name!r}")
     globals()[name] = value

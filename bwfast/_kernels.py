@@ -4,6 +4,9 @@ Everything here trusts its inputs (C-contiguous float32 or float64 arrays of
 consistent shapes, finite values); the public wrappers validate and cast.
 Scalars are combined with arrays in explicit loops so that float32 inputs
 stay float32: in Numba, a Python float times a float32 array is float64.
+Scalar products and sums of squares are taken in np.float64(...): Numba's
+float() keeps a float32 value float32, where squares of entries above
+1.8e19 overflow.
 """
 
 import numpy as np
@@ -63,7 +66,7 @@ def _sumsq(X):
     acc = 0.0
     for i in range(X.shape[0]):
         for j in range(X.shape[1]):
-            v = float(X[i, j])
+            v = np.float64(X[i, j])
             acc += v * v
     return acc
 
@@ -72,7 +75,7 @@ def _sumsq(X):
 def _trace(A):
     acc = 0.0
     for i in range(A.shape[0]):
-        acc += float(A[i, i])
+        acc += np.float64(A[i, i])
     return acc
 
 
@@ -91,7 +94,7 @@ def jacobi_eigh_inplace(S, Q):
     eigenvalues, unsorted) and Q holds the eigenvectors as columns. A pair
     is rotated while |s_pq| > eps * sqrt(|s_pp s_qq|) (the relative test
     that keeps small eigenvalues accurate), above an absolute floor of
-    eps^2 ||S||_F for singular matrices. Returns False if a sweep limit is
+    eps^2 n max |s_ij| for singular matrices. Returns False if a sweep limit is
     reached without convergence; the caller then falls back to LAPACK.
     """
     n = S.shape[0]
@@ -99,18 +102,18 @@ def jacobi_eigh_inplace(S, Q):
     for i in range(n):
         for j in range(n):
             Q[i, j] = 1.0 if i == j else 0.0
-    fro = 0.0
+    amax = 0.0  # max |s_ij|: a sum of squares could overflow for huge entries
     for i in range(n):
         for j in range(n):
-            fro += float(S[i, j]) * float(S[i, j])
-    floor = eps * eps * np.sqrt(fro)
+            amax = max(amax, abs(np.float64(S[i, j])))
+    floor = eps * eps * n * amax
     for _ in range(_JACOBI_MAX_SWEEPS):
         rotated = False
         for p in range(n - 1):
             for q in range(p + 1, n):
-                apq = float(S[p, q])
-                app = float(S[p, p])
-                aqq = float(S[q, q])
+                apq = np.float64(S[p, q])
+                app = np.float64(S[p, p])
+                aqq = np.float64(S[q, q])
                 if abs(apq) <= max(eps * np.sqrt(abs(app * aqq)), floor):
                     S[p, q] = 0.0
                     S[q, p] = 0.0
@@ -130,8 +133,8 @@ def jacobi_eigh_inplace(S, Q):
                 # block has the closed form below.
                 for k in range(n):
                     if k != p and k != q:
-                        skp = float(S[k, p])
-                        skq = float(S[k, q])
+                        skp = np.float64(S[k, p])
+                        skq = np.float64(S[k, q])
                         vp = c * skp - sn * skq
                         vq = sn * skp + c * skq
                         S[k, p] = vp
@@ -143,13 +146,42 @@ def jacobi_eigh_inplace(S, Q):
                 S[p, q] = 0.0
                 S[q, p] = 0.0
                 for k in range(n):
-                    qkp = float(Q[k, p])
-                    qkq = float(Q[k, q])
+                    qkp = np.float64(Q[k, p])
+                    qkq = np.float64(Q[k, q])
                     Q[k, p] = c * qkp - sn * qkq
                     Q[k, q] = sn * qkp + c * qkq
         if not rotated:
             return True
     return False
+
+
+@njit(**JIT)
+def _eigh_raw(A):
+    """Eigenvalues (unclamped, any order) and eigenvectors of a matrix built
+    symmetric inside bwfast (Jacobi for small n, else LAPACK's one
+    triangle)."""
+    n = A.shape[0]
+    if n <= JACOBI_MAX_N:
+        S = _sym_copy(A)
+        Q = np.empty((n, n), A.dtype).T
+        if jacobi_eigh_inplace(S, Q):
+            w = np.empty(n, A.dtype)
+            for i in range(n):
+                w[i] = S[i, i]
+            return w, Q
+    w, Q = np.linalg.eigh(A)
+    return w, Q
+
+
+@njit(**JIT)
+def _clamp_eigs(w, n):
+    """Eigenvalues at or below n eps max set to zero; also (min, max)."""
+    wmax = w.max()
+    cutoff = n * np.finfo(w.dtype).eps * max(wmax, 0.0)
+    a = np.empty(n, w.dtype)
+    for i in range(n):
+        a[i] = w[i] if w[i] > cutoff else 0.0
+    return a, w.min(), w.min(), wmax
 
 
 @njit(**JIT)
@@ -289,8 +321,9 @@ def _bw_squared_core(A, B):
     The difference is formed before squaring, so nearly equal inputs keep
     their relative accuracy (the trace formula
     tr A + tr B - 2 tr (A^{1/2} B A^{1/2})^{1/2} cancels there), it is a
-    sum of squares (never negative), and it is exactly 0 when A and B are
-    the same array. An SVD of the product is used rather than a square
+    sum of squares (never negative), and it is zero to rounding (about
+    1e-28 relative) when A and B are the same array. An SVD of the product
+    is used rather than a square
     root of A^{1/2} B A^{1/2}, whose rounding-level eigenvalues would add a
     spurious sqrt(eps) term. Working in the eigenbases saves the GEMMs that
     would form A^{1/2} and B^{1/2}. Also returns the raw eigenvalue ranges.
@@ -362,7 +395,7 @@ def absmax_batch(A, out):
         m = 0.0
         for i in range(A.shape[1]):
             for j in range(A.shape[2]):
-                m = max(m, abs(float(A[b, i, j])))
+                m = max(m, abs(np.float64(A[b, i, j])))
         out[b] = m
 
 
@@ -375,10 +408,10 @@ def asymmetry_batch(A, asym, scale):
         d = 0.0
         m = 0.0
         for i in range(n):
-            m = max(m, abs(float(X[i, i])))
+            m = max(m, abs(np.float64(X[i, i])))
             for j in range(i):
-                d = max(d, abs(float(X[i, j]) - float(X[j, i])))
-                m = max(m, abs(float(X[i, j])), abs(float(X[j, i])))
+                d = max(d, abs(np.float64(X[i, j]) - np.float64(X[j, i])))
+                m = max(m, abs(np.float64(X[i, j])), abs(np.float64(X[j, i])))
         asym[b] = d
         scale[b] = m
 
@@ -436,7 +469,8 @@ def _sqrtm_psd_batch(A, inverse, out, wmin, wmax):
                 for j in range(i + 1):
                     acc = 0.0
                     for k in range(n):
-                        acc += float(Q[i, k]) * float(f[k]) * float(Q[j, k])
+                        qi = np.float64(Q[i, k])
+                        acc += qi * np.float64(f[k]) * np.float64(Q[j, k])
                     Y[i, j] = acc
                     Y[j, i] = acc
             wmin[b] = lo
@@ -611,7 +645,7 @@ def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
         for j in range(W.shape[1]):
             d = W[i, j] - P[i, j]
             G[i, j] = 2 * d
-            loss += float(d) * float(d)
+            loss += np.float64(d) * np.float64(d)
     Y = R0 - Um @ (Um.T @ R0)
     loss += _sumsq(Y)
     ratio = s[kk - 1] / s[0] if s[0] > 0.0 else 0.0
@@ -619,19 +653,30 @@ def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
 
 
 @njit(**JIT)
-def e2e_grad_tau(W, R0, S0, tr0, tau, G):
+def e2e_grad_tau(W, R0, S0, tr0, tau, G, rank0=-1):
     """Loss and end-to-end gradient for tau > 0 through one eigendecomposition.
 
-    M = R0 (W W^T + tau I) R0 = X X^T + tau S0 with X = R0 W, and with the
-    inverse root taken on the range of M, T = R0 M^{-1/2} R0 = Z Z^T for
-    Z = R0 Q diag(mu^{-1/4}). Then G = 2 (W - T W), and the loss is taken in
-    the split form ||(I - T) F||^2 = ||G / 2||^2 + tau ||I - T||_F^2 with
-    F = [W, sqrt(tau) I] (the term ||(I - P) R0||^2 of the factor form
-    vanishes, since R0 maps into the range P of M). Both parts are sums of
-    squares: the loss is never negative and keeps its relative accuracy
-    near the optimum, where tr Sigma + tr S0 - 2 tr M^{1/2} cancels.
-    Forming T costs two n x n x n products, in place of the three n x n x d0
-    products of applying M^{-1/2} to X directly (the same for d0 = n).
+    M = R0 (W W^T + tau I) R0 = X X^T + tau S0 with X = R0 W, and
+    G = 2 (W - R0 M^{-1/2} X), the inverse root taken on the range of M and
+    applied to the n x d0 matrix X (no n x n x n product beyond the
+    eigendecomposition).
+
+    The loss is tr(W W^T) + n tau + tr S0 - 2 tr M^{1/2}, accurate to about
+    eps times those traces. Where that cancels (the loss below 1e-3 of
+    them) and M is well conditioned (every eigenvalue above sqrt(eps) of
+    the largest, so that its inverse root is accurate), the split form
+    ||(I - T) W||^2 + tau ||I - T||_F^2 with T = R0 M^{-1/2} R0 = Z Z^T,
+    Z = R0 Q diag(mu^{-1/4}), is used instead: a sum of squares with full
+    relative accuracy near the optimum. It costs two n x n x n products,
+    paid only near a full-rank optimum. An ill-conditioned M (a bottleneck,
+    a tiny tau) keeps the trace form: there the inverse root of its small
+    eigenvalues is inaccurate, and the loss is not small anyway.
+
+    In the trace, M's eigenvalues are only clamped at zero, not cut at
+    n eps max: the small ones are real (tau lambda_i along the directions W
+    misses) and cutting them biases tr M^{1/2}. M is singular only along
+    the null space of S0, whose dimension n - rank0 is known: that many
+    smallest eigenvalues are structural zeros (rank0 < 0: none).
     """
     n = W.shape[0]
     X = R0 @ W
@@ -639,25 +684,46 @@ def e2e_grad_tau(W, R0, S0, tr0, tau, G):
     for i in range(n):
         for j in range(n):
             M[i, j] += tau * S0[i, j]
-    a, Q, _, _ = _eigh_psd(M, True)
-    r4 = np.empty_like(a)
+    w, Q = _eigh_raw(M)
+    a, _, _, amax = _clamp_eigs(w, n)
+    r = _root_values(a, False)
+    ri = _root_values(a, True)
+    # trace of M^{1/2} from every eigenvalue but the structural zeros
+    order = np.argsort(w)
+    skip = n - rank0 if rank0 >= 0 else 0
+    total = _sumsq(W) + n * tau + tr0
+    loss = total
+    for idx in range(skip, n):
+        loss -= 2.0 * np.sqrt(max(np.float64(w[order[idx]]), 0.0))
+    Y = Q.T @ X
     for i in range(n):
-        r4[i] = 1.0 / np.sqrt(np.sqrt(a[i])) if a[i] > 0.0 else 0.0
-    Z = R0 @ (Q * r4)
-    T = Z @ Z.T
-    TW = T @ W
-    loss = 0.0
+        for j in range(Y.shape[1]):
+            Y[i, j] *= ri[i]
+    TW = R0 @ (Q @ Y)
     for i in range(n):
         for j in range(W.shape[1]):
-            d = W[i, j] - TW[i, j]
-            G[i, j] = 2 * d
-            loss += float(d) * float(d)
+            G[i, j] = 2 * (W[i, j] - TW[i, j])
+    if loss >= 1e-3 * total:
+        return loss, 1.0
+    well = True
+    thr = np.sqrt(np.finfo(W.dtype).eps) * max(amax, 0.0)
+    for i in range(n):
+        if not a[i] > thr:
+            well = False
+    if not well:
+        return max(loss, 0.0), 1.0
+    r4 = np.empty_like(a)
+    for i in range(n):
+        r4[i] = 1.0 / np.sqrt(r[i])
+    Z = R0 @ (Q * r4)
+    T = Z @ Z.T
+    split = 0.25 * _sumsq(G)
     off = 0.0
     for i in range(n):
         for j in range(n):
-            d = (1.0 if i == j else 0.0) - float(T[i, j])
+            d = (1.0 if i == j else 0.0) - np.float64(T[i, j])
             off += d * d
-    return loss + tau * off, 1.0
+    return split + tau * off, 1.0
 
 
 @njit(**JIT)
@@ -701,7 +767,7 @@ def _prefix(theta, pbuf, dims, j):
 
 @njit(**JIT)
 def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
-                    loss_kind=BW_LOSS):
+                    loss_kind=BW_LOSS, rank0=-1):
     """Prefix products (into pbuf), loss and end-to-end gradient G = dL/dW.
 
     Returns (loss, ratio, measure) with measure = ||G||_F ||W||_F, the
@@ -736,7 +802,7 @@ def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
     if loss_kind == FROBENIUS_LOSS:
         loss, ratio = e2e_grad_frobenius(prev, S0, tau, G)
     elif tau > 0.0:
-        loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G)
+        loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G, rank0)
     else:
         # W = A B through the narrowest layer b when it is narrower than
         # both ends: A = W_N ... W_{b+1}, B = W_b ... W_1 = P_b
@@ -762,8 +828,8 @@ def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
     ws = 0.0
     for i in range(G.shape[0]):
         for j in range(G.shape[1]):
-            g = float(G[i, j])
-            w = float(prev[i, j])
+            g = np.float64(G[i, j])
+            w = np.float64(prev[i, j])
             gs += g * g
             ws += w * w
     meas = np.sqrt(gs) * np.sqrt(ws) if np.isfinite(gs) else -1.0
@@ -799,7 +865,7 @@ def _grad_norm_sq(B, Pprev, d0):
         gs = 0.0
         for r in range(d0):
             for c in range(d0):
-                gs += float(GB[r, c]) * float(GP[r, c])
+                gs += np.float64(GB[r, c]) * np.float64(GP[r, c])
         return max(gs, 0.0)
     return _sumsq(B @ Pprev.T)
 
@@ -808,7 +874,7 @@ def _grad_norm_sq(B, Pprev, d0):
 def _segment_sumsq(theta, lo, hi):
     acc = 0.0
     for i in range(lo, hi):
-        w = float(theta[i])
+        w = np.float64(theta[i])
         acc += w * w
     return acc
 
@@ -855,7 +921,7 @@ def network_backward_update(theta, dims, pbuf, G, lr, measure):
 
 @njit(**JIT)
 def network_loss_grad(theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G,
-                      loss_kind=BW_LOSS):
+                      loss_kind=BW_LOSS, rank0=-1):
     """Loss and the gradient of every layer, written into grad.
 
     Prefix products P_j = W_j ... W_1 are formed once (in pbuf), the
@@ -863,7 +929,7 @@ def network_loss_grad(theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G
     network_backward. Returns (loss, ratio); see e2e_grad_tau0 for ratio.
     """
     loss, ratio, _ = network_forward(
-        theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind
+        theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind, rank0
     )
     network_backward(theta, dims, pbuf, G, grad)
     return loss, ratio
@@ -896,7 +962,8 @@ def layer_measure(theta, dims, pbuf, G):
 
 @njit(**JIT)
 def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
-            tol_abs, div_limit, hist, hbase, every, pbuf, G, loss_kind=BW_LOSS):
+            tol_abs, div_limit, hist, hbase, every, pbuf, G, loss_kind=BW_LOSS,
+            rank0=-1):
     """Full-batch gradient descent in place on theta, from step start.
 
     At each step the loss and G = dL/dW are evaluated at the current
@@ -918,7 +985,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
     meas = np.nan
     while True:
         loss, ratio, emeas = network_forward(
-            theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind
+            theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind, rank0
         )
         if step % every == 0:
             hist[step // every - hbase] = loss
@@ -938,7 +1005,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
             if meas <= tol_abs:
                 loss, _, _ = network_forward(
                     theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
-                    loss_kind
+                    loss_kind, rank0
                 )
                 if step % every == 0 and step <= stop:
                     hist[step // every - hbase] = loss

@@ -192,7 +192,8 @@ def _add_bench(commands):
         "timed alone) in one run, and print the two ratios.",
     )
     p.add_argument("--quick", action="store_true",
-                   help="smaller sizes, for a smoke run (seconds, not minutes)")
+                   help="smaller sizes, for a smoke run (seconds once the kernels are "
+                   "compiled; about a minute on first use)")
     p.add_argument("--only", metavar="TEXT", action="append", default=None,
                    help="run only the cases whose name contains TEXT (repeatable)")
     p.add_argument("--repeat", type=_positive_int, default=3,
@@ -224,7 +225,8 @@ def _run_bench(args):
         extra = {"step_peak_bytes": peak, "weights_bytes": weights,
                  "step_peak_fraction": peak / weights, "width": width}
     if args.json:
-        _stdout(json.dumps({"rows": rows, **extra}, indent=2), "the results")
+        _stdout(json.dumps({"quick": bool(args.quick), "rows": rows, **extra},
+                           indent=2), "the results")
     else:
         text = bench.format_table(rows, quick=args.quick)
         if extra:
@@ -319,7 +321,7 @@ def _add_fit(commands):
         "--tol",
         type=_nonnegative_float,
         default=None,
-        help="converged when max_j ||dL/dW_j|| ||W_j|| <= TOL * tr(target) "
+        help="converged when max_j ||dL/dW_j|| ||W_j|| <= TOL * (tr(target) + n tau) "
         "(default: 1e-7 in float64, 1e-5 with --float32)",
     )
     net.add_argument(

@@ -27,11 +27,14 @@ stored row-major in a flat vector ``theta`` at
 ``layer_offsets(dims) -> int64 array``
 ``prefix_size(dims) -> int``
     Length of the work buffer ``pbuf``.
-``network_loss_grad(theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G)``
+``network_loss_grad(theta, dims, R0, S0, tr0, tau, k, rank_rtol, grad, pbuf, G,
+loss_kind=0, rank0=-1)``
     ``-> (loss, ratio)``; writes the layer gradients into ``grad`` (same
     layout as theta) and dL/dW into ``G`` (n x d_0). R0 = S0^{1/2},
     tr0 = tr S0, k = min(min(dims), rank S0); ``ratio`` is s_k / s_1 of
-    R0 W at tau = 0 (1.0 for tau > 0).
+    R0 W at tau = 0 (1.0 for tau > 0). loss_kind 0 is the BW loss, 1 the
+    square loss; rank0 = rank S0 (when known) sharpens the tau > 0 loss of
+    a singular target.
 
 Examples
 --------

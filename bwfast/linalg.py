@@ -52,6 +52,15 @@ def _pow2_exponents(*stacks):
     return np.where(np.abs(e) > limit, 2 * (e // 2), 0)
 
 
+def _own_scaling(*stacks):
+    """Each stack scaled by its own even powers of two: (stacks, exponents)."""
+    out = []
+    for S in stacks:
+        e = _pow2_exponents(S)
+        out.append((_scaled(S, e) if e.any() else S, e))
+    return out
+
+
 def _scaled(S, e):
     return np.ascontiguousarray(np.ldexp(S, -e[:, None, None]).astype(S.dtype))
 
@@ -212,25 +221,24 @@ def sqrtm_frechet(A, E):
     e = square_stack(E, "E")
     A3, E3, lead, _ = _pair(a, e, "A", "E")
     n = A3.shape[-1]
-    # L(c A, c E) = sqrt(c) L(A, E): scale both by one power of two
-    ex = _pow2_exponents(A3, E3)
-    if ex.any():
-        A3, E3 = _scaled(A3, ex), _scaled(E3, ex)
+    # L(a A, e E) = e / sqrt(a) L(A, E): each scaled by its own power of two
+    (A3, ex), (E3, ee) = _own_scaling(A3, E3)
     out = np.empty_like(A3)
     wmin = np.zeros(A3.shape[0])
     wmax = np.zeros(A3.shape[0])
     run_batch(K.BATCH["sqrtm_frechet"], A3.shape[0], n, A3, E3, out, wmin, wmax)
     check_psd(wmin, wmax, "A", rtol_for(A3.dtype))
-    if ex.any():
-        out = np.ldexp(out, (ex // 2)[:, None, None]).astype(out.dtype)
+    if ex.any() or ee.any():
+        with np.errstate(over="ignore", under="ignore"):
+            out = np.ldexp(out, (ee - ex // 2)[:, None, None]).astype(out.dtype)
     return out.reshape(lead + (n, n))
 
 
-def _distance_stack(A, B):
+def _distance_stack(A, B, root=False):
     a = _psd_stack(A, "A")
     b = _psd_stack(B, "B")
     A3, B3, lead, dt = _pair(a, b, "A", "B")
-    # BW^2(c A, c B) = c BW^2(A, B)
+    # BW^2(c A, c B) = c BW^2(A, B); c even, so BW scales by 2^(e/2)
     e = _pow2_exponents(A3, B3)
     if e.any():
         A3, B3 = _scaled(A3, e), _scaled(B3, e)
@@ -240,10 +248,14 @@ def _distance_stack(A, B):
     rtol = rtol_for(dt)
     check_psd(wr[:, 0], wr[:, 1], "A", rtol)
     check_psd(wr[:, 2], wr[:, 3], "B", rtol)
+    if root:  # the root in scaled units: BW itself may be representable
+        out = np.sqrt(out)
+        e = e // 2
     if e.any():
         with np.errstate(over="ignore"):
             out = np.ldexp(out, e)
-    out = out.astype(dt).reshape(lead)
+    with np.errstate(over="ignore"):
+        out = out.astype(dt).reshape(lead)
     return out[()] if out.ndim == 0 else out
 
 
@@ -253,9 +265,9 @@ def bures_wasserstein_squared(A, B):
     BW^2(A, B) = tr A + tr B - 2 tr (A^{1/2} B A^{1/2})^{1/2}, evaluated in
     the Procrustes form min_Q ||A^{1/2} - B^{1/2} Q||_F^2 at the polar
     factor of B^{1/2} A^{1/2}. As a sum of squares it is never negative,
-    it is zero to rounding for identical inputs, and it keeps its relative
-    accuracy when A and B are nearly equal, where the trace formula loses
-    every digit. It is the squared 2-Wasserstein distance between N(0, A)
+    it is zero to rounding for identical inputs (about 1e-28 relative), and
+    it keeps its relative accuracy when A and B are nearly equal, where the
+    trace formula loses every digit. It is the squared 2-Wasserstein distance between N(0, A)
     and N(0, B).
 
     Parameters
@@ -293,7 +305,7 @@ def bures_wasserstein(A, B):
     >>> round(float(bures_wasserstein(np.eye(3), np.outer(v, v))), 4)
     3.0849
     """
-    return np.sqrt(_distance_stack(A, B))
+    return _distance_stack(A, B, root=True)
 
 
 def frechet_distance(m1, A, m2, B):
@@ -380,13 +392,15 @@ def ot_map(A, B):
     b = _psd_stack(B, "B")
     A3, B3, lead, dt = _pair(a, b, "A", "B")
     n = A3.shape[-1]
-    e = _pow2_exponents(A3, B3)  # T(c A, c B) = T(A, B)
-    if e.any():
-        A3, B3 = _scaled(A3, e), _scaled(B3, e)
+    # T(a A, b B) = sqrt(b / a) T(A, B): each scaled by its own power of two
+    (A3, ea), (B3, eb) = _own_scaling(A3, B3)
     out = np.empty_like(A3)
     wr = np.zeros((A3.shape[0], 4))
     run_batch(K.BATCH["ot_map"], A3.shape[0], n, A3, B3, out, wr)
     rtol = rtol_for(dt)
     check_psd(wr[:, 0], wr[:, 1], "A", rtol)
     check_psd(wr[:, 2], wr[:, 3], "B", rtol)
+    if ea.any() or eb.any():
+        with np.errstate(over="ignore", under="ignore"):
+            out = np.ldexp(out, ((eb - ea) // 2)[:, None, None]).astype(out.dtype)
     return out.reshape(lead + (n, n))

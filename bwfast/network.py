@@ -280,7 +280,7 @@ def loss_and_grad(weights, target, tau=0.0, loss="bw"):
     with blas_limit(int(dims.max())):
         value, ratio = K.network_loss_grad(
             theta, dims, R0, S0, t.trace, tau, max(k, 1), rr,
-            work.grad, work.pbuf, work.G, code,
+            work.grad, work.pbuf, work.G, code, t.rank,
         )
     if code == K.BW_LOSS and tau == 0.0 and k > 0 and ratio <= rr:
         warnings.warn(

@@ -187,6 +187,30 @@ def _initial_weights(init, t, dims, seed, dtype):
 
 
 _MAX_COUNT = 2**62
+_MAX_LR_FACTOR = 1e6
+
+# Scale (largest eigenvalue + tau) a target may have for training: the
+# loss, its gradient norms and the convergence test square it, and the
+# square loss squares it again, so float32 and the square loss need a
+# narrower range than the Target class accepts.
+_SCALE_RANGE = {
+    ("bw", np.dtype(np.float64)): 1e150,
+    ("bw", np.dtype(np.float32)): 1e12,
+    ("frobenius", np.dtype(np.float64)): 1e70,
+    ("frobenius", np.dtype(np.float32)): 1e6,
+}
+
+
+def _check_scale(t, tau, dtype, loss):
+    limit = _SCALE_RANGE[(loss, np.dtype(dtype))]
+    size = float(t.eigvals[0]) + float(tau)
+    if size > 0 and not (1.0 / limit <= size <= limit):
+        raise ValueError(
+            f"the target's scale (largest eigenvalue + tau = {size:.3g}) must "
+            f"lie within {1 / limit:.0e} .. {limit:.0e} to train with the "
+            f"{loss} loss in {np.dtype(dtype).name}; rescale the data"
+            + (" or use float64" if np.dtype(dtype) == np.float32 else "")
+        )
 
 
 def _check_memory(dims, dtype):
@@ -282,7 +306,16 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
     -------
     FitResult
         Divergence, NaN and rank drops end the run with that status and a
-        message; the weights returned are always finite.
+        message; the weights returned are always finite (``lr`` is refused
+        above 1e6 times the default step, where one update would overflow).
+
+    Raises
+    ------
+    ValueError
+        For a bad argument, or a target whose scale (largest eigenvalue +
+        tau) lies outside what the arithmetic resolves: 1e-150 .. 1e150 for
+        the BW loss in float64, 1e-12 .. 1e12 in float32, 1e-70 .. 1e70 and
+        1e-6 .. 1e6 for the square loss.
 
     Examples
     --------
@@ -309,9 +342,16 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"`dtype` must be float32 or float64; got {dtype}")
     tol = DEFAULT_TOL[dtype] if tol is None else scalar(tol, "tol", low=0.0)
-    lr = default_lr(t, dims, tau, loss) if lr is None else scalar(
-        lr, "lr", low=0.0, strict=True
-    )
+    _check_scale(t, tau, dtype, loss)
+    base_lr = default_lr(t, dims, tau, loss)
+    lr = base_lr if lr is None else scalar(lr, "lr", low=0.0, strict=True)
+    if lr > _MAX_LR_FACTOR * base_lr:
+        # such a step overflows the weights themselves in one update, and no
+        # finite "last iterate" would be left to return
+        raise ValueError(
+            f"`lr` must be <= {_MAX_LR_FACTOR:.0e} times the default step "
+            f"{base_lr:.3g} for this target and depth; got {lr:.3g}"
+        )
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be callable; got {callback!r}")
 
@@ -345,7 +385,8 @@ def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
     if kind == K.FROBENIUS_LOSS:
         scale = scale * scale  # the square loss has squared units
     loss0, _, _ = K.network_forward(
-        theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.pbuf, work.G, kind
+        theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.pbuf, work.G, kind,
+        t.rank,
     )
     div_limit = _DIVERGENCE_FACTOR * max(loss0, scale)
     # chunks of steps between returns to Python (progress, Ctrl-C), sized
@@ -362,7 +403,7 @@ def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
         done, code, loss, meas = K.descend(
             theta, dims, R0, S0, t.trace, tau, k_eff, rr, lr, first, stop,
             steps, tol * scale, div_limit, hist, base, every, work.pbuf, work.G,
-            kind,
+            kind, t.rank,
         )
         last = done - 1 if code == K.RUNNING else done
         idx = np.arange(-(-first // every), last // every + 1)

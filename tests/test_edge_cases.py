@@ -97,9 +97,57 @@ def test_kernel_error_in_a_stack_does_not_poison_later_calls():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_huge_lr_diverges_with_finite_weights(dtype):
-    res = fit(np.diag([4.0, 2.0, 1.0]), (3, 2, 3), lr=1e30, dtype=dtype)
+    S0 = np.diag([4.0, 2.0, 1.0])
+    res = fit(S0, (3, 2, 3), lr=1e6 * bwfast.default_lr(S0, (3, 2, 3)),
+              dtype=dtype)
     assert res.status is Status.DIVERGED
     assert all(np.isfinite(w).all() for w in res.weights)
+
+
+@pytest.mark.parametrize(
+    "scale, dtype, loss",
+    [(1e-30, np.float32, "bw"), (1e20, np.float32, "bw"),
+     (1e-100, np.float64, "frobenius"), (1e100, np.float64, "frobenius"),
+     (1e-10, np.float32, "frobenius")],
+)
+def test_training_refuses_scales_the_arithmetic_cannot_resolve(scale, dtype, loss):
+    with pytest.raises(ValueError, match="rescale"):
+        fit(scale * np.diag([3.0, 2.0, 1.0]), (3, 2, 3), dtype=dtype, loss=loss)
+
+
+@pytest.mark.parametrize("scale", [1e-10, 1e10])
+def test_float32_training_at_the_edges_of_its_range(scale):
+    S0 = scale * np.diag([3.0, 2.0, 1.0])
+    res = fit(S0, (3, 2, 3), dtype=np.float32, tau=0.1 * scale)
+    assert res.status is Status.CONVERGED, res.message
+    assert abs(res.relative_gap) < 1e-3
+
+
+def test_mixed_scales_of_the_two_arguments():
+    I2 = np.eye(2)
+    np.testing.assert_allclose(bwfast.ot_map(1e-300 * I2, 1e300 * I2), 1e300 * I2,
+                               rtol=1e-12)
+    np.testing.assert_allclose(bwfast.sqrtm_frechet(1e-300 * I2, 1e100 * I2),
+                               5e249 * I2, rtol=1e-12)
+    d = bwfast.bures_wasserstein(1.7e308 * I2, np.zeros((2, 2)))
+    assert d == pytest.approx(np.sqrt(2.0) * np.sqrt(1.7e308), rel=1e-12)
+
+
+def test_jacobi_path_with_huge_entries():
+    A = 5e153 * np.array([[2.0, 1.0], [1.0, 2.0]])
+    S = bwfast.kernels.sqrtm_psd(A)
+    np.testing.assert_allclose(S @ S, A, rtol=1e-12)
+
+
+def test_tau_loss_on_a_bottleneck_with_tiny_tau_matches_the_reference():
+    from bwfast import reference
+    from bwfast.io import default_target
+
+    t = default_target()
+    res = fit(t, (64, 16, 16, 64), tau=1e-12)
+    exact = reference.loss(list(res.weights), t.cov, 1e-12)
+    assert res.loss == pytest.approx(exact, rel=1e-6)
+    assert res.relative_gap > -1e-6
 
 
 def test_zero_target_tau_zero_runs_to_the_zero_model():
