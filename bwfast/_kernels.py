@@ -156,64 +156,49 @@ def jacobi_eigh_inplace(S, Q):
 
 
 @njit(**JIT)
-def _eigh_raw(A):
-    """Eigenvalues (unclamped, any order) and eigenvectors of a matrix built
-    symmetric inside bwfast (Jacobi for small n, else LAPACK's one
-    triangle)."""
+def _eigh_raw(A, symmetric=False):
+    """Eigenvalues (unclamped, any order) and eigenvectors of sym(A).
+
+    Cyclic Jacobi for n <= JACOBI_MAX_N, else LAPACK, which reads one
+    triangle only: a matrix built symmetric inside bwfast (``symmetric``)
+    needs no averaging copy there.
+    """
     n = A.shape[0]
     if n <= JACOBI_MAX_N:
         S = _sym_copy(A)
+        # column-major like LAPACK's eigenvectors, so both branches type alike
         Q = np.empty((n, n), A.dtype).T
         if jacobi_eigh_inplace(S, Q):
             w = np.empty(n, A.dtype)
             for i in range(n):
                 w[i] = S[i, i]
             return w, Q
-    w, Q = np.linalg.eigh(A)
-    return w, Q
+    return np.linalg.eigh(A if symmetric else _sym_copy(A))
 
 
 @njit(**JIT)
-def _clamp_eigs(w, n):
-    """Eigenvalues at or below n eps max set to zero; also (min, max)."""
-    wmax = w.max()
-    cutoff = n * np.finfo(w.dtype).eps * max(wmax, 0.0)
+def _clamp_eigs(w):
+    """Eigenvalues at or below n eps max set to zero."""
+    n = w.shape[0]
+    cutoff = n * np.finfo(w.dtype).eps * max(w.max(), 0.0)
     a = np.empty(n, w.dtype)
     for i in range(n):
         a[i] = w[i] if w[i] > cutoff else 0.0
-    return a, w.min(), w.min(), wmax
+    return a
 
 
 @njit(**JIT)
 def _eigh_psd(A, symmetric=False):
     """Eigendecomposition of sym(A) with eigenvalues at or below the cutoff
-    n * eps * max(a) set to zero (Jacobi for n <= JACOBI_MAX_N, else LAPACK).
+    n * eps * max(a) set to zero.
 
     Returns (a, Q, wmin, wmax): clamped eigenvalues (in no particular
-    order), eigenvectors
-    (columns), and the raw smallest and largest eigenvalues, which the
-    wrappers use to reject matrices that are clearly not PSD.
+    order), eigenvectors (columns), and the raw smallest and largest
+    eigenvalues, which the wrappers use to reject matrices that are clearly
+    not PSD.
     """
-    n = A.shape[0]
-    done = False
-    if n <= JACOBI_MAX_N:
-        S = _sym_copy(A)
-        # column-major like LAPACK's eigenvectors, so both branches type alike
-        Q = np.empty((n, n), A.dtype).T
-        done = jacobi_eigh_inplace(S, Q)
-        w = np.empty(n, A.dtype)
-        for i in range(n):
-            w[i] = S[i, i]
-    if not done:
-        # LAPACK reads one triangle only: a matrix built symmetric inside
-        # bwfast needs no averaging copy
-        w, Q = np.linalg.eigh(A if symmetric else _sym_copy(A))
-    wmax = w.max()
-    cutoff = n * np.finfo(A.dtype).eps * max(wmax, 0.0)
-    a = np.empty(n, A.dtype)
-    for i in range(n):
-        a[i] = w[i] if w[i] > cutoff else 0.0
-    return a, Q, w.min(), wmax
+    w, Q = _eigh_raw(A, symmetric)
+    return _clamp_eigs(w), Q, w.min(), w.max()
 
 
 @njit(**JIT)
@@ -684,8 +669,9 @@ def e2e_grad_tau(W, R0, S0, tr0, tau, G, rank0=-1):
     for i in range(n):
         for j in range(n):
             M[i, j] += tau * S0[i, j]
-    w, Q = _eigh_raw(M)
-    a, _, _, amax = _clamp_eigs(w, n)
+    w, Q = _eigh_raw(M, True)
+    a = _clamp_eigs(w)
+    amax = w.max()
     r = _root_values(a, False)
     ri = _root_values(a, True)
     # trace of M^{1/2} from every eigenvalue but the structural zeros

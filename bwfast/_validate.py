@@ -62,9 +62,13 @@ def square_stack(x, name):
 
 
 def check_symmetric(a, name, rtol=None):
-    """Reject matrices whose asymmetry exceeds rounding (rtol * max |a|)."""
+    """Reject matrices whose asymmetry exceeds rounding (rtol * max |a|).
+
+    Returns max |a_ij| of each matrix, shape a.shape[:-2], which the
+    wrappers reuse for their overflow scaling.
+    """
     if a.size == 0:
-        return
+        return np.zeros(a.shape[:-2])
     from ._kernels import asymmetry_batch
 
     rtol = rtol_for(a.dtype) if rtol is None else rtol
@@ -81,6 +85,7 @@ def check_symmetric(a, name, rtol=None):
             f"{float(asym.flat[i]):.3g} exceeds {rtol:.1e} * max |{name}| = "
             f"{float(rtol * scale.flat[i]):.3g}"
         )
+    return scale.reshape(a.shape[:-2])
 
 
 def check_psd(wmin, wmax, name, rtol):

@@ -348,8 +348,9 @@ def step_memory(width=4096, steps=3, quick=False, control=False):
     import sys
 
     h = width // 4 if quick else width
-    code = (f"import json, bwfast.bench as b; "
-            f"print(json.dumps(b._step_memory_child({h}, {steps}, {control})))")
+    # the child reports on its stdout, the only channel back to this process
+    code = (f"import json, sys, bwfast.bench as b; sys.stdout.write(json.dumps("
+            f"b._step_memory_child({h}, {steps}, {control})) + chr(10))")
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
                          capture_output=True, text=True).stdout

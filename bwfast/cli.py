@@ -382,18 +382,22 @@ def _float(text):
     return value
 
 
-def _nonnegative_float(text):
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {text!r}")
-    return value
+def _float_above(low, strict):
+    """Parser of a finite number >= low (> low when strict)."""
+
+    def parse(text):
+        value = _float(text)
+        if value < low or (strict and value == low):
+            rule = ">" if strict else ">="
+            raise argparse.ArgumentTypeError(f"must be {rule} {low:g}; got {text!r}")
+        return value
+
+    parse.__name__ = f"number {'>' if strict else '>='} {low:g}"
+    return parse
 
 
-def _positive_float(text):
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0; got {text!r}")
-    return value
+_nonnegative_float = _float_above(0, strict=False)
+_positive_float = _float_above(0, strict=True)
 
 
 def _int(text):
@@ -411,33 +415,26 @@ def _int(text):
     return int(value)
 
 
-def _positive_int(text):
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1; got {text!r}")
-    return value
+def _bounded_int(low, high=None):
+    """Parser of an integer from low to high (no upper bound if None)."""
 
-
-def _bounded_int(low, high):
     def parse(text):
         value = _int(text)
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}; got {text!r}")
-        if value > high:
+        if high is not None and value > high:
             raise argparse.ArgumentTypeError(
                 f"must be <= {high:.0e} ({high}); got {text!r}"
             )
         return value
 
-    parse.__name__ = f"integer from {low} to {high}"
+    parse.__name__ = (f"integer >= {low}" if high is None
+                      else f"integer from {low} to {high}")
     return parse
 
 
-def _nonnegative_int(text):
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0; got {text!r}")
-    return value
+_positive_int = _bounded_int(1)
+_nonnegative_int = _bounded_int(0)
 
 
 def _widths(text):

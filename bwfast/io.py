@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._validate import rtol_for
+
 __all__ = ["KINDS", "default_target", "load_target", "read_target_array"]
 
 #: Accepted values of ``kind``: how the array in a file is interpreted.
@@ -371,8 +373,8 @@ def _auto_kind(array, stored, name, flag):
 
 
 def _rtol(stored):
-    # rounding allowance of the stored data: sqrt(eps), as Target applies
-    return float(np.sqrt(np.finfo(stored).eps))
+    # rounding allowance of the stored data, the one Target applies
+    return rtol_for(stored)
 
 
 def _non_real(name, dtype):

@@ -33,18 +33,19 @@ __all__ = [
 _LIMIT = {np.dtype(np.float32): 30, np.dtype(np.float64): 300}
 
 
-def _pow2_exponents(*stacks):
-    """Even exponents e per matrix (common to the stacks), 0 if in range."""
-    m = stacks[0].shape[0]
-    scale = np.zeros(m)
-    tmp = np.empty(m)
-    for S in stacks:
-        if S.size:
-            K.absmax_batch(S, tmp)
-            np.maximum(scale, tmp, out=scale)
-    limit = _LIMIT[stacks[0].dtype]
-    if m == 1:  # the common single-matrix call, without array arithmetic
-        x = float(scale[0])
+def _absmax(S3):
+    """max |s_ij| of each matrix of an (m, n, n) stack."""
+    out = np.zeros(S3.shape[0])
+    if S3.size:
+        K.absmax_batch(S3, out)
+    return out
+
+
+def _pow2_exponents(scale, dtype):
+    """Even exponents e per matrix from its max |entry|, 0 if in range."""
+    limit = _LIMIT[np.dtype(dtype)]
+    if scale.size == 1:  # the common single-matrix call, without array math
+        x = float(scale.flat[0])
         ex = math.frexp(x)[1] if x > 0 else 0
         return np.full(1, 2 * (ex // 2) if abs(ex) > limit else 0, np.int64)
     e = np.frexp(scale)[1].astype(np.int64)
@@ -52,13 +53,18 @@ def _pow2_exponents(*stacks):
     return np.where(np.abs(e) > limit, 2 * (e // 2), 0)
 
 
-def _own_scaling(*stacks):
-    """Each stack scaled by its own even powers of two: (stacks, exponents)."""
+def _own_scaling(*stacks_and_scales):
+    """Each stack scaled by its own even powers of two: (stack, exponents)."""
     out = []
-    for S in stacks:
-        e = _pow2_exponents(S)
+    for S, scale in stacks_and_scales:
+        e = _pow2_exponents(scale, S.dtype)
         out.append((_scaled(S, e) if e.any() else S, e))
     return out
+
+
+def _lead_scale(scale, lead):
+    """Per-matrix scales broadcast to the stack shape of a pair, flattened."""
+    return np.ascontiguousarray(np.broadcast_to(scale, lead)).reshape(-1)
 
 
 def _scaled(S, e):
@@ -66,9 +72,9 @@ def _scaled(S, e):
 
 
 def _psd_stack(A, name):
+    """Validated stack and the max |entry| of each of its matrices."""
     a = square_stack(A, name)
-    check_symmetric(a, name)
-    return a
+    return a, check_symmetric(a, name)
 
 
 def _pair(A, B, nameA, nameB):
@@ -98,11 +104,11 @@ def _pair(A, B, nameA, nameB):
 
 
 def _unary_root(A, inverse, name="A"):
-    a = _psd_stack(A, name)
+    a, scale = _psd_stack(A, name)
     n = a.shape[-1]
     m = int(np.prod(a.shape[:-2], dtype=np.int64))
     A3 = np.ascontiguousarray(a.reshape(m, n, n))
-    e = _pow2_exponents(A3)
+    e = _pow2_exponents(scale.reshape(-1), A3.dtype)
     if e.any():
         A3 = _scaled(A3, e)
     out = np.empty_like(A3)
@@ -217,12 +223,13 @@ def sqrtm_frechet(A, E):
     >>> bool(np.allclose(sqrtm_frechet(np.eye(2), E), E / 2))
     True
     """
-    a = _psd_stack(A, "A")
+    a, scale = _psd_stack(A, "A")
     e = square_stack(E, "E")
     A3, E3, lead, _ = _pair(a, e, "A", "E")
     n = A3.shape[-1]
     # L(a A, e E) = e / sqrt(a) L(A, E): each scaled by its own power of two
-    (A3, ex), (E3, ee) = _own_scaling(A3, E3)
+    (A3, ex), (E3, ee) = _own_scaling((A3, _lead_scale(scale, lead)),
+                                      (E3, _absmax(E3)))
     out = np.empty_like(A3)
     wmin = np.zeros(A3.shape[0])
     wmax = np.zeros(A3.shape[0])
@@ -235,11 +242,12 @@ def sqrtm_frechet(A, E):
 
 
 def _distance_stack(A, B, root=False):
-    a = _psd_stack(A, "A")
-    b = _psd_stack(B, "B")
+    a, sa = _psd_stack(A, "A")
+    b, sb = _psd_stack(B, "B")
     A3, B3, lead, dt = _pair(a, b, "A", "B")
     # BW^2(c A, c B) = c BW^2(A, B); c even, so BW scales by 2^(e/2)
-    e = _pow2_exponents(A3, B3)
+    scale = np.maximum(_lead_scale(sa, lead), _lead_scale(sb, lead))
+    e = _pow2_exponents(scale, dt)
     if e.any():
         A3, B3 = _scaled(A3, e), _scaled(B3, e)
     out = np.zeros(A3.shape[0])
@@ -267,8 +275,8 @@ def bures_wasserstein_squared(A, B):
     factor of B^{1/2} A^{1/2}. As a sum of squares it is never negative,
     it is zero to rounding for identical inputs (about 1e-28 relative), and
     it keeps its relative accuracy when A and B are nearly equal, where the
-    trace formula loses every digit. It is the squared 2-Wasserstein distance between N(0, A)
-    and N(0, B).
+    trace formula loses every digit. It is the squared 2-Wasserstein
+    distance between N(0, A) and N(0, B).
 
     Parameters
     ----------
@@ -388,12 +396,13 @@ def ot_map(A, B):
     >>> bool(np.allclose(T @ A @ T, B))
     True
     """
-    a = _psd_stack(A, "A")
-    b = _psd_stack(B, "B")
+    a, sa = _psd_stack(A, "A")
+    b, sb = _psd_stack(B, "B")
     A3, B3, lead, dt = _pair(a, b, "A", "B")
     n = A3.shape[-1]
     # T(a A, b B) = sqrt(b / a) T(A, B): each scaled by its own power of two
-    (A3, ea), (B3, eb) = _own_scaling(A3, B3)
+    (A3, ea), (B3, eb) = _own_scaling((A3, _lead_scale(sa, lead)),
+                                      (B3, _lead_scale(sb, lead)))
     out = np.empty_like(A3)
     wr = np.zeros((A3.shape[0], 4))
     run_batch(K.BATCH["ot_map"], A3.shape[0], n, A3, B3, out, wr)
