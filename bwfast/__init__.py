@@ -29,6 +29,7 @@ _EXPORTS = {
     "Status": "train",
     "default_lr": "train",
     "balancedness": "train",
+    "observed_rate": "rates",
 }
 _SUBMODULES = {"io", "kernels", "reference", "bench", "cli"}
 

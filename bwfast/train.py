@@ -23,6 +23,7 @@ from .network import (
     rank_rtol,
     unpack,
 )
+from .rates import observed_rate
 
 __all__ = ["fit", "FitResult", "Status", "default_lr", "balancedness"]
 
@@ -116,6 +117,13 @@ class FitResult:
         """Relative balancedness defect of the final weights (computed on
         first access: for square hidden layers of width h it costs O(h^3))."""
         return balancedness(self.weights)
+
+    @functools.cached_property
+    def observed_rate(self):
+        """Exponential rate per step at which the gap to the optimum closed,
+        fitted on the log-gap of the loss history (see
+        :func:`bwfast.observed_rate`; NaN when not measurable)."""
+        return observed_rate(self.losses, self.loss_steps, self.optimum)
 
 
 def default_lr(target, widths, tau=0.0, loss="bw"):
