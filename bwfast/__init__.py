@@ -26,6 +26,7 @@ _EXPORTS = {
     "end_to_end": "network",
     "fit": "train",
     "FitResult": "train",
+    "RunDiagnostics": "train",
     "Status": "train",
     "default_lr": "train",
     "balancedness": "train",

@@ -876,12 +876,14 @@ def network_backward_update(theta, dims, pbuf, G, lr, measure):
     and the prefix products from the forward pass are still those of the
     old weights, so this is exactly one gradient step. With ``measure``,
     also returns max_j ||dL/dW_j|| ||W_j|| at the weights before the step
-    (from the factors already at hand), else -1.
+    (from the factors already at hand), else -1, and the squared norm
+    sum_j ||dL/dW_j||^2 of the whole gradient (-1 without ``measure``).
     """
     N = dims.shape[0] - 1
     d0 = dims[0]
     off = layer_offsets(dims)
     best = -1.0
+    total = -1.0 if not measure else 0.0
     B = G
     for j in range(N, 0, -1):
         Wj = _view(theta, off[j - 1], dims[j], dims[j - 1])
@@ -890,6 +892,7 @@ def network_backward_update(theta, dims, pbuf, G, lr, measure):
                 gs = _sumsq(B)
                 ws = _segment_sumsq(theta, off[0], off[1])
                 best = max(best, np.sqrt(gs) * np.sqrt(ws))
+                total += gs
             for r in range(dims[1]):
                 for c in range(d0):
                     Wj[r, c] -= lr * B[r, c]
@@ -899,10 +902,11 @@ def network_backward_update(theta, dims, pbuf, G, lr, measure):
                 gs = _grad_norm_sq(B, Pprev, d0)
                 ws = _segment_sumsq(theta, off[j - 1], off[j])
                 best = max(best, np.sqrt(gs) * np.sqrt(ws))
+                total += gs
             Bnext = Wj.T @ B
             gemm_nt_update(Wj, B, Pprev, -lr)
             B = Bnext
-    return best
+    return best, total
 
 
 @njit(**JIT)
@@ -927,12 +931,14 @@ def layer_measure(theta, dims, pbuf, G):
 
     The first-order change of the loss under a relative perturbation of one
     layer. The layer gradient B_j P_{j-1}^T is not formed: its norm comes
-    from d0 x d0 Gram matrices (see _grad_norm_sq).
+    from d0 x d0 Gram matrices (see _grad_norm_sq). Also returns
+    sum_j ||dL/dW_j||_F^2.
     """
     N = dims.shape[0] - 1
     d0 = dims[0]
     off = layer_offsets(dims)
     best = 0.0
+    total = 0.0
     B = G
     for j in range(N, 0, -1):
         if j == 1:
@@ -941,15 +947,83 @@ def layer_measure(theta, dims, pbuf, G):
             gs = _grad_norm_sq(B, _prefix(theta, pbuf, dims, j - 1), d0)
         ws = _segment_sumsq(theta, off[j - 1], off[j])
         best = max(best, np.sqrt(gs) * np.sqrt(ws))
+        total += gs
         if j > 1:
             B = _view(theta, off[j - 1], dims[j], dims[j - 1]).T @ B
-    return best
+    return best, total
+
+
+# Columns of a diagnostics record (see record_diagnostics); singular values
+# of W follow from column D_SIGMA on.
+D_GAP = 0
+D_MARGIN = 1
+D_GRAD = 2
+D_BALANCE = 3
+D_ALIGN = 4
+D_SIGMA = 5
+
+
+@njit(**JIT)
+def bw_squared_network(W, R0, S0, tr0, tau):
+    """BW^2(W W^T + tau I, S0) in the trace form, from the eigenvalues of
+    M = R0 (W W^T + tau I) R0 (accurate to about eps times the traces)."""
+    n = W.shape[0]
+    X = R0 @ W
+    M = X @ X.T
+    for i in range(n):
+        for j in range(n):
+            M[i, j] += tau * S0[i, j]
+    w, _ = _eigh_raw(M, True)
+    loss = _sumsq(W) + n * tau + tr0
+    for i in range(n):
+        loss -= 2.0 * np.sqrt(max(np.float64(w[i]), 0.0))
+    return max(loss, 0.0)
+
+
+@njit(**JIT)
+def record_diagnostics(theta, dims, pbuf, R0, S0, tr0, tau, loss, loss_kind,
+                       Omk, dconst, row):
+    """Fill one diagnostics record at the current weights, before the update.
+
+    row[D_GAP] = loss - optimum (dconst[1]); row[D_MARGIN] = sqrt(lambda_k)
+    (dconst[0]) - BW(W W^T + tau I, S0); row[D_BALANCE] = the balancedness
+    defect max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F (0 for one layer);
+    row[D_ALIGN] = ||U_k^T Omega_k||_F^2 / k, the share of the target's top-k
+    eigenspace (the columns of Omk) spanned by W's k leading left singular
+    vectors (1 when they span it, 0 when orthogonal); row[D_SIGMA + i] =
+    the singular values sigma_1 >= ... >= sigma_k of W. The gradient norm
+    row[D_GRAD] is left to the caller, who has it from the update. A
+    non-finite W leaves the record as it is (NaN).
+    """
+    N = dims.shape[0] - 1
+    W = _prefix(theta, pbuf, dims, N)
+    for i in range(W.shape[0]):
+        for j in range(W.shape[1]):
+            if not np.isfinite(W[i, j]):
+                return
+    off = layer_offsets(dims)
+    row[D_GAP] = loss - dconst[1]
+    bw2 = loss if loss_kind == BW_LOSS else bw_squared_network(W, R0, S0, tr0, tau)
+    row[D_MARGIN] = dconst[0] - np.sqrt(max(np.float64(bw2), 0.0))
+    defect = 0.0
+    for j in range(1, N):
+        A = _view(theta, off[j - 1], dims[j], dims[j - 1])
+        B = _view(theta, off[j], dims[j + 1], dims[j])
+        D = B.T @ B - A @ A.T
+        defect = max(defect, np.sqrt(_sumsq(D)))
+    row[D_BALANCE] = defect
+    k = Omk.shape[1]
+    U, s, _ = np.linalg.svd(W, full_matrices=False)
+    C = np.ascontiguousarray(U[:, :k]).T @ Omk
+    row[D_ALIGN] = _sumsq(C) / k
+    for i in range(k):
+        row[D_SIGMA + i] = s[i]
 
 
 @njit(**JIT)
 def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
-            tol_abs, div_limit, hist, hbase, every, pbuf, G, loss_kind=BW_LOSS,
-            rank0=-1):
+            tol_abs, div_limit, hist, hbase, every, pbuf, G, loss_kind, rank0,
+            diag, Omk, dconst):
     """Full-batch gradient descent in place on theta, from step start.
 
     At each step the loss and G = dL/dW are evaluated at the current
@@ -963,28 +1037,41 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
     update has been applied: the loss is evaluated once more at the final
     weights and the run stops as converged. The call returns RUNNING once
     step reaches stop < limit, so that the caller can report progress.
+    With diag.shape[0] > 0, each stored loss gets a diagnostics record in
+    diag[step // every - hbase] (see record_diagnostics; Omk holds the
+    target's top-k eigenvectors, dconst = [sqrt(lambda_k), optimum]), the
+    gradient norm column from the update's own factors.
     Returns (step, status, loss, measure): step is the number of updates
     applied, loss the loss at the returned weights, measure the last one
     computed.
     """
+    record = diag.shape[0] > 0
     step = start
     meas = np.nan
     while True:
         loss, ratio, emeas = network_forward(
             theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind, rank0
         )
-        if step % every == 0:
-            hist[step // every - hbase] = loss
+        check = step % every == 0
+        row = step // every - hbase
+        if check:
+            hist[row] = loss
+            if record:
+                record_diagnostics(theta, dims, pbuf, R0, S0, tr0, tau, loss,
+                                   loss_kind, Omk, dconst, diag[row])
         if not np.isfinite(loss) or loss > div_limit or emeas < 0.0:
             return step, DIVERGED, loss, np.nan
         if loss_kind == BW_LOSS and tau <= 0.0 and ratio <= rank_rtol:
             return step, RANK_DROPPED, loss, meas
         if step >= limit:
-            meas = layer_measure(theta, dims, pbuf, G)
+            meas, gsum = layer_measure(theta, dims, pbuf, G)
+            if check and record:
+                diag[row, D_GRAD] = np.sqrt(gsum)
             status = CONVERGED if meas <= tol_abs else STEP_LIMIT
             return step, status, loss, meas
-        check = step % every == 0
-        m = network_backward_update(theta, dims, pbuf, G, lr, check)
+        m, gsum = network_backward_update(theta, dims, pbuf, G, lr, check)
+        if check and record:
+            diag[row, D_GRAD] = np.sqrt(gsum)
         step += 1
         if check:
             meas = m
@@ -994,7 +1081,13 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
                     loss_kind, rank0
                 )
                 if step % every == 0 and step <= stop:
-                    hist[step // every - hbase] = loss
+                    row = step // every - hbase
+                    hist[row] = loss
+                    if record:
+                        record_diagnostics(theta, dims, pbuf, R0, S0, tr0, tau,
+                                           loss, loss_kind, Omk, dconst, diag[row])
+                        diag[row, D_GRAD] = np.sqrt(
+                            layer_measure(theta, dims, pbuf, G)[1])
                 return step, CONVERGED, loss, meas
         if step >= stop and step < limit:
             return step, RUNNING, loss, meas

@@ -25,7 +25,8 @@ from .network import (
 )
 from .rates import observed_rate
 
-__all__ = ["fit", "FitResult", "Status", "default_lr", "balancedness"]
+__all__ = ["fit", "FitResult", "RunDiagnostics", "Status", "default_lr",
+           "balancedness"]
 
 # Steps run inside one compiled call between two Python callbacks.
 _CHUNK = 2000
@@ -50,6 +51,58 @@ _FROM_CODE = {
     K.DIVERGED: Status.DIVERGED,
     K.RANK_DROPPED: Status.RANK_DROPPED,
 }
+
+
+@dataclass(frozen=True)
+class RunDiagnostics:
+    """Quantities of the convergence theory recorded along a run, one entry
+    per recorded loss (at ``steps``, the stride of the loss history).
+
+    Attributes
+    ----------
+    steps : (m,) ndarray of int
+        Step of each record (``FitResult.loss_steps``).
+    gap : (m,) ndarray
+        Loss minus the optimum for this k and tau.
+    margin : (m,) ndarray
+        c = sqrt(lambda_k) - BW(W W^T + tau I, Sigma0); c > 0 at a balanced
+        start is the condition of the convergence theory.
+    grad_norm : (m,) ndarray
+        sqrt(sum_j ||dL/dW_j||_F^2), the gradient of the objective that is
+        minimized.
+    balancedness : (m,) ndarray
+        max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F (absolute; 0 for N = 1).
+    alignment : (m,) ndarray
+        ||U_k^T Omega_k||_F^2 / k in [0, 1]: how much of the target's top-k
+        eigenspace the k leading left singular vectors of W span.
+    sigma : (m, k) ndarray
+        Singular values sigma_1 >= ... >= sigma_k of the end-to-end W.
+
+    A record whose weights were not finite (the last point of a diverged
+    run) holds NaN.
+    """
+
+    steps: np.ndarray
+    gap: np.ndarray
+    margin: np.ndarray
+    grad_norm: np.ndarray
+    balancedness: np.ndarray
+    alignment: np.ndarray
+    sigma: np.ndarray
+
+    @classmethod
+    def _from_records(cls, steps, rows):
+        cols = {
+            "gap": rows[:, K.D_GAP], "margin": rows[:, K.D_MARGIN],
+            "grad_norm": rows[:, K.D_GRAD], "balancedness": rows[:, K.D_BALANCE],
+            "alignment": rows[:, K.D_ALIGN], "sigma": rows[:, K.D_SIGMA:],
+        }
+        out = {"steps": steps}
+        for name, col in cols.items():
+            col = np.ascontiguousarray(col)
+            col.flags.writeable = False
+            out[name] = col
+        return cls(**out)
 
 
 @dataclass(frozen=True)
@@ -87,6 +140,9 @@ class FitResult:
         Seconds spent in the descent loop (compilation included on first use).
     objective : str
         'bw' or 'frobenius': the loss that was minimized.
+    diagnostics : RunDiagnostics or None
+        Theory quantities recorded with the loss history (None when
+        ``fit(diagnostics=False)``).
     """
 
     weights: tuple
@@ -107,6 +163,7 @@ class FitResult:
     widths: tuple
     wall_time: float
     objective: str = "bw"
+    diagnostics: RunDiagnostics | None = None
 
     @property
     def converged(self):
@@ -195,6 +252,10 @@ def _initial_weights(init, t, dims, seed, dtype):
 
 
 _MAX_COUNT = 2**62
+
+# fit(diagnostics=None) records the diagnostics when no width exceeds this:
+# a record's SVD of W and Gram products stay below a few gradient steps.
+_DIAG_AUTO_WIDTH = 256
 _MAX_LR_FACTOR = 1e6
 
 # Scale (largest eigenvalue + tau) a target may have for training: the
@@ -266,7 +327,7 @@ DEFAULT_TOL = {np.dtype(np.float64): 1e-7, np.dtype(np.float32): 1e-5}
 
 def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         init="balanced", seed=0, record_every=10, dtype=np.float64,
-        callback=None, loss="bw"):
+        callback=None, loss="bw", diagnostics=None):
     """Train a deep linear network by full-batch gradient descent on the BW loss.
 
     Minimizes L_tau(W_1 .. W_N) = BW^2(W W^T + tau I, Sigma0) with
@@ -309,6 +370,13 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         ||W W^T + tau I - Sigma0||_F^2 (the classical baseline; its optimum
         is given by Eckart-Young and its tolerance scale is
         (tr Sigma0 + n tau)^2, the loss having squared units).
+    diagnostics : bool, optional
+        Record the theory's quantities (:class:`RunDiagnostics`: gap,
+        margin, gradient norm, balancedness defect, alignment, singular
+        values of W) with every recorded loss. Each record costs one SVD of
+        the n x d0 end-to-end matrix and two Gram products per layer, about
+        a gradient step at width <= n + d0, more for wider layers; the
+        default records them when every width is at most 256.
 
     Returns
     -------
@@ -362,6 +430,11 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         )
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be callable; got {callback!r}")
+    if diagnostics is None:
+        diagnostics = int(dims.max()) <= _DIAG_AUTO_WIDTH
+    elif not isinstance(diagnostics, (bool, np.bool_)):
+        raise TypeError(
+            f"`diagnostics` must be True, False or None; got {diagnostics!r}")
 
     k = int(dims.min())
     k_eff = max(min(k, t.rank), 1)
@@ -375,7 +448,7 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
     try:
         with blas_limit(int(dims.max())):
             return _run(t, dims, tau, lr, steps, tol, every, callback, k,
-                        k_eff, rr, R0, S0, theta, work, kind)
+                        k_eff, rr, R0, S0, theta, work, kind, bool(diagnostics))
     except np.linalg.LinAlgError as exc:
         if isinstance(exc, BWLinAlgError):
             raise
@@ -385,8 +458,15 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
 
 
 def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
-         R0, S0, theta, work, kind):
+         R0, S0, theta, work, kind, record):
     start = time.perf_counter()
+    objective = "frobenius" if kind == K.FROBENIUS_LOSS else "bw"
+    opt = optimal_loss(t, k, tau, objective)
+    dtype = theta.dtype
+    ncol = K.D_SIGMA + k
+    Omk = np.ascontiguousarray(t.eigvecs[:, :k], dtype=dtype)
+    dconst = np.array([np.sqrt(t.eigvals[k - 1]), opt])
+    no_diag = np.empty((0, ncol))
     # scale of the convergence test and of divergence: the target's total
     # variance plus the isotropic part (1 if both vanish)
     scale = t.trace + t.n * tau or 1.0
@@ -407,15 +487,17 @@ def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
         stop = min(done + chunk, steps)
         base = done // every
         hist = np.full(stop // every - base + 1, np.nan)
+        diag = np.full((hist.size, ncol), np.nan) if record else no_diag
         first = done
         done, code, loss, meas = K.descend(
             theta, dims, R0, S0, t.trace, tau, k_eff, rr, lr, first, stop,
             steps, tol * scale, div_limit, hist, base, every, work.pbuf, work.G,
-            kind, t.rank,
+            kind, t.rank, diag, Omk, dconst,
         )
         last = done - 1 if code == K.RUNNING else done
         idx = np.arange(-(-first // every), last // every + 1)
-        recorded.append((idx * every, hist[idx - base]))
+        recorded.append((idx * every, hist[idx - base],
+                         diag[idx - base] if record else None))
         if callback is not None:
             callback(int(done), float(loss))
         per_step = (time.perf_counter() - start) / max(done, 1)
@@ -423,16 +505,21 @@ def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
     wall = time.perf_counter() - start
 
     status = _FROM_CODE[code]
-    objective = "frobenius" if kind == K.FROBENIUS_LOSS else "bw"
-    opt = optimal_loss(t, k, tau, objective)
-    ws = unpack(theta, dims)
-    for w in ws:
-        w.flags.writeable = False
-    rec = np.concatenate([r for r, _ in recorded]).astype(np.int64)
-    losses = np.concatenate([h for _, h in recorded])
+    rec = np.concatenate([r for r, _, _ in recorded]).astype(np.int64)
+    losses = np.concatenate([h for _, h, _ in recorded])
+    rows = np.concatenate([d for _, _, d in recorded]) if record else None
     if rec.size == 0 or rec[-1] != done:
         rec = np.append(rec, done)
         losses = np.append(losses, loss)
+        if record:
+            final = np.full((1, ncol), np.nan)
+            if status is not Status.DIVERGED:
+                _final_record(t, dims, tau, k_eff, rr, R0, S0, theta, work, kind,
+                              Omk, dconst, final[0])
+            rows = np.concatenate([rows, final])
+    ws = unpack(theta, dims)
+    for w in ws:
+        w.flags.writeable = False
     losses.flags.writeable = False
     rec.flags.writeable = False
     loss = float(loss)
@@ -446,7 +533,22 @@ def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
         relative_gap=rel, measure=measure,
         lr=lr, tau=tau, tol=tol, k=k, widths=tuple(int(d) for d in dims),
         wall_time=wall, objective=objective,
+        diagnostics=RunDiagnostics._from_records(rec, rows) if record else None,
     )
+
+
+def _final_record(t, dims, tau, k_eff, rr, R0, S0, theta, work, kind, Omk,
+                  dconst, row):
+    """Diagnostics at the returned weights, for a last point off the stride."""
+    loss, _, emeas = K.network_forward(
+        theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.pbuf, work.G, kind,
+        t.rank,
+    )
+    if emeas < 0.0:
+        return
+    K.record_diagnostics(theta, dims, work.pbuf, R0, S0, t.trace, tau, loss,
+                         kind, Omk, dconst, row)
+    row[K.D_GRAD] = np.sqrt(K.layer_measure(theta, dims, work.pbuf, work.G)[1])
 
 
 def _message(status, steps, loss, measure, tol, lr):
