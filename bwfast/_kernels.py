@@ -752,6 +752,32 @@ def _prefix(theta, pbuf, dims, j):
 
 
 @njit(**JIT)
+def _bottleneck_factors(theta, dims, pbuf):
+    """W = A B through the narrowest layer b when it is narrower than both
+    ends: A = W_N ... W_{b+1} (n x d_b), B = W_b ... W_1 = P_b (d_b x d0),
+    from the prefix products in pbuf. Returns (factored, A, B); A and B are
+    empty when no layer is narrower than both ends."""
+    N = dims.shape[0] - 1
+    d0 = dims[0]
+    off = layer_offsets(dims)
+    b = 0
+    for j in range(1, N + 1):
+        if dims[j] < dims[b]:
+            b = j
+    factored = dims[b] < min(d0, dims[N])
+    if not factored:
+        return False, np.empty((0, 0), theta.dtype), np.empty((0, 0), theta.dtype)
+    A = np.ascontiguousarray(_view(theta, off[N - 1], dims[N], dims[N - 1]))
+    for j in range(N - 1, b, -1):
+        A = A @ _view(theta, off[j - 1], dims[j], dims[j - 1])
+    if b == 0:
+        Bf = np.eye(d0, dtype=theta.dtype)
+    else:
+        Bf = np.ascontiguousarray(_prefix(theta, pbuf, dims, b))
+    return True, A, Bf
+
+
+@njit(**JIT)
 def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
                     loss_kind=BW_LOSS, rank0=-1):
     """Prefix products (into pbuf), loss and end-to-end gradient G = dL/dW.
@@ -790,24 +816,7 @@ def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
     elif tau > 0.0:
         loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G, rank0)
     else:
-        # W = A B through the narrowest layer b when it is narrower than
-        # both ends: A = W_N ... W_{b+1}, B = W_b ... W_1 = P_b
-        b = 0
-        for j in range(1, N + 1):
-            if dims[j] < dims[b]:
-                b = j
-        factored = dims[b] < min(d0, dims[N])
-        if factored:
-            A = np.ascontiguousarray(_view(theta, off[N - 1], dims[N], dims[N - 1]))
-            for j in range(N - 1, b, -1):
-                A = A @ _view(theta, off[j - 1], dims[j], dims[j - 1])
-            if b == 0:
-                Bf = np.eye(d0, dtype=theta.dtype)
-            else:
-                Bf = np.ascontiguousarray(_prefix(theta, pbuf, dims, b))
-        else:
-            A = np.empty((0, 0), theta.dtype)
-            Bf = np.empty((0, 0), theta.dtype)
+        factored, A, Bf = _bottleneck_factors(theta, dims, pbuf)
         loss, ratio = e2e_grad_tau0(prev, R0, k, rank_rtol, G, A, Bf, factored)
 
     gs = 0.0
@@ -960,7 +969,8 @@ D_MARGIN = 1
 D_GRAD = 2
 D_BALANCE = 3
 D_ALIGN = 4
-D_SIGMA = 5
+D_E2E = 5
+D_SIGMA = 6
 
 
 @njit(**JIT)
@@ -981,7 +991,7 @@ def bw_squared_network(W, R0, S0, tr0, tau):
 
 
 @njit(**JIT)
-def record_diagnostics(theta, dims, pbuf, R0, S0, tr0, tau, loss, loss_kind,
+def record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss, loss_kind,
                        Omk, dconst, row):
     """Fill one diagnostics record at the current weights, before the update.
 
@@ -990,7 +1000,8 @@ def record_diagnostics(theta, dims, pbuf, R0, S0, tr0, tau, loss, loss_kind,
     defect max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F (0 for one layer);
     row[D_ALIGN] = ||U_k^T Omega_k||_F^2 / k, the share of the target's top-k
     eigenspace (the columns of Omk) spanned by W's k leading left singular
-    vectors (1 when they span it, 0 when orthogonal); row[D_SIGMA + i] =
+    vectors (1 when they span it, 0 when orthogonal); row[D_E2E] = ||G||_F,
+    the end-to-end gradient dL/dW; row[D_SIGMA + i] =
     the singular values sigma_1 >= ... >= sigma_k of W. The gradient norm
     row[D_GRAD] is left to the caller, who has it from the update. A
     non-finite W leaves the record as it is (NaN).
@@ -1003,6 +1014,7 @@ def record_diagnostics(theta, dims, pbuf, R0, S0, tr0, tau, loss, loss_kind,
                 return
     off = layer_offsets(dims)
     row[D_GAP] = loss - dconst[1]
+    row[D_E2E] = np.sqrt(_sumsq(G))
     bw2 = loss if loss_kind == BW_LOSS else bw_squared_network(W, R0, S0, tr0, tau)
     row[D_MARGIN] = dconst[0] - np.sqrt(max(np.float64(bw2), 0.0))
     defect = 0.0
@@ -1013,7 +1025,12 @@ def record_diagnostics(theta, dims, pbuf, R0, S0, tr0, tau, loss, loss_kind,
         defect = max(defect, np.sqrt(_sumsq(D)))
     row[D_BALANCE] = defect
     k = Omk.shape[1]
-    U, s, _ = np.linalg.svd(W, full_matrices=False)
+    factored, A, Bf = _bottleneck_factors(theta, dims, pbuf)
+    if factored:  # a k x k SVD through the factors, as in the tau = 0 loss
+        eye = np.eye(W.shape[0], dtype=W.dtype)
+        U, s, _ = _thin_svd_product(eye, A, Bf)
+    else:
+        U, s, _ = np.linalg.svd(W, full_matrices=False)
     C = np.ascontiguousarray(U[:, :k]).T @ Omk
     row[D_ALIGN] = _sumsq(C) / k
     for i in range(k):
@@ -1057,7 +1074,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
         if check:
             hist[row] = loss
             if record:
-                record_diagnostics(theta, dims, pbuf, R0, S0, tr0, tau, loss,
+                record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss,
                                    loss_kind, Omk, dconst, diag[row])
         if not np.isfinite(loss) or loss > div_limit or emeas < 0.0:
             return step, DIVERGED, loss, np.nan
@@ -1084,7 +1101,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
                     row = step // every - hbase
                     hist[row] = loss
                     if record:
-                        record_diagnostics(theta, dims, pbuf, R0, S0, tr0, tau,
+                        record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau,
                                            loss, loss_kind, Omk, dconst, diag[row])
                         diag[row, D_GRAD] = np.sqrt(
                             layer_measure(theta, dims, pbuf, G)[1])

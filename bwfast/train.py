@@ -68,8 +68,11 @@ class RunDiagnostics:
         c = sqrt(lambda_k) - BW(W W^T + tau I, Sigma0); c > 0 at a balanced
         start is the condition of the convergence theory.
     grad_norm : (m,) ndarray
-        sqrt(sum_j ||dL/dW_j||_F^2), the gradient of the objective that is
-        minimized.
+        sqrt(sum_j ||dL/dW_j||_F^2), the norm of the gradient in all layers
+        of the objective that is minimized.
+    e2e_grad_norm : (m,) ndarray
+        ||dL/dW||_F, the gradient with respect to the end-to-end matrix
+        (for tau = 0 and rank W = n it satisfies ||dL/dW||^2 = 4 L).
     balancedness : (m,) ndarray
         max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F (absolute; 0 for N = 1).
     alignment : (m,) ndarray
@@ -86,6 +89,7 @@ class RunDiagnostics:
     gap: np.ndarray
     margin: np.ndarray
     grad_norm: np.ndarray
+    e2e_grad_norm: np.ndarray
     balancedness: np.ndarray
     alignment: np.ndarray
     sigma: np.ndarray
@@ -95,7 +99,8 @@ class RunDiagnostics:
         cols = {
             "gap": rows[:, K.D_GAP], "margin": rows[:, K.D_MARGIN],
             "grad_norm": rows[:, K.D_GRAD], "balancedness": rows[:, K.D_BALANCE],
-            "alignment": rows[:, K.D_ALIGN], "sigma": rows[:, K.D_SIGMA:],
+            "alignment": rows[:, K.D_ALIGN], "e2e_grad_norm": rows[:, K.D_E2E],
+            "sigma": rows[:, K.D_SIGMA:],
         }
         out = {"steps": steps}
         for name, col in cols.items():
@@ -143,6 +148,11 @@ class FitResult:
     diagnostics : RunDiagnostics or None
         Theory quantities recorded with the loss history (None when
         ``fit(diagnostics=False)``).
+    method : str
+        'gd' (gradient descent) or 'flow' (the gradient ODE).
+    times : ndarray
+        Continuous time of each recorded loss: step * lr for gradient
+        descent, the solver's time for the flow.
     """
 
     weights: tuple
@@ -164,6 +174,8 @@ class FitResult:
     wall_time: float
     objective: str = "bw"
     diagnostics: RunDiagnostics | None = None
+    method: str = "gd"
+    times: np.ndarray | None = None
 
     @property
     def converged(self):
@@ -177,10 +189,20 @@ class FitResult:
 
     @functools.cached_property
     def observed_rate(self):
-        """Exponential rate per step at which the gap to the optimum closed,
-        fitted on the log-gap of the loss history (see
-        :func:`bwfast.observed_rate`; NaN when not measurable)."""
-        return observed_rate(self.losses, self.loss_steps, self.optimum)
+        """Exponential rate at which the gap to the optimum closed, fitted on
+        the log-gap of the loss history (see :func:`bwfast.observed_rate`;
+        NaN when not measurable): per step for gradient descent, per unit
+        of time for the flow."""
+        x = self.times if self.method == "flow" else self.loss_steps
+        return observed_rate(self.losses, x, self.optimum)
+
+    @property
+    def observed_time_rate(self):
+        """The observed rate per unit of continuous time (the per-step rate
+        divided by lr for gradient descent), comparable with the flow's."""
+        if self.method == "flow":
+            return self.observed_rate
+        return self.observed_rate / self.lr
 
 
 def default_lr(target, widths, tau=0.0, loss="bw"):
@@ -327,7 +349,8 @@ DEFAULT_TOL = {np.dtype(np.float64): 1e-7, np.dtype(np.float32): 1e-5}
 
 def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         init="balanced", seed=0, record_every=10, dtype=np.float64,
-        callback=None, loss="bw", diagnostics=None):
+        callback=None, loss="bw", diagnostics=None, method="gd",
+        flow_rtol=1e-10):
     """Train a deep linear network by full-batch gradient descent on the BW loss.
 
     Minimizes L_tau(W_1 .. W_N) = BW^2(W W^T + tau I, Sigma0) with
@@ -370,6 +393,16 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         ||W W^T + tau I - Sigma0||_F^2 (the classical baseline; its optimum
         is given by Eckart-Young and its tolerance scale is
         (tr Sigma0 + n tau)^2, the loss having squared units).
+    method : {'gd', 'flow'}
+        'gd': gradient descent with step ``lr``. 'flow': the gradient flow
+        d W_j / dt = -dL/dW_j of all layers, integrated by
+        ``scipy.integrate.solve_ivp`` (DOP853) with relative tolerance
+        ``flow_rtol`` (absolute: flow_rtol times the largest initial weight)
+        up to time ``steps * lr``, stopping when the optimality measure
+        falls to ``tol``; the loss is recorded at every ``record_every``-th
+        solver step, against ``FitResult.times``. The flow runs in float64
+        and conserves balancedness to the solver tolerance.
+    flow_rtol : float, default 1e-10
     diagnostics : bool, optional
         Record the theory's quantities (:class:`RunDiagnostics`: gap,
         margin, gradient norm, balancedness defect, alignment, singular
@@ -430,25 +463,31 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         )
     if callback is not None and not callable(callback):
         raise TypeError(f"`callback` must be callable; got {callback!r}")
+    if method not in ("gd", "flow"):
+        raise ValueError(f"`method` must be 'gd' or 'flow'; got {method!r}")
+    flow_rtol = scalar(flow_rtol, "flow_rtol", low=0.0, strict=True)
+    if method == "flow":
+        if dtype != np.float64:
+            raise TypeError("`dtype` must be float64 with method='flow' (the "
+                            f"ODE solver integrates in float64); got {dtype}")
+        if not 1e-14 <= flow_rtol < 1.0:
+            raise ValueError(
+                f"`flow_rtol` must lie in [1e-14, 1); got {flow_rtol!r}")
     if diagnostics is None:
         diagnostics = int(dims.max()) <= _DIAG_AUTO_WIDTH
     elif not isinstance(diagnostics, (bool, np.bool_)):
         raise TypeError(
             f"`diagnostics` must be True, False or None; got {diagnostics!r}")
 
-    k = int(dims.min())
-    k_eff = max(min(k, t.rank), 1)
-    # a zero target has rank 0 < k everywhere: no kink to report there
-    rr = rank_rtol(dims, dtype) if t.rank > 0 else -1.0
     _check_memory(dims, dtype)
-    R0, S0 = t.arrays(dtype)
+    prob = _Problem(t, dims, tau, kind, dtype, bool(diagnostics))
     theta = pack(_initial_weights(init, t, dims, seed, dtype), dtype)
-    work = Workspace(dims, dtype, grad=False)  # updates are applied in place
-
     try:
         with blas_limit(int(dims.max())):
-            return _run(t, dims, tau, lr, steps, tol, every, callback, k,
-                        k_eff, rr, R0, S0, theta, work, kind, bool(diagnostics))
+            if method == "flow":
+                return _run_flow(prob, theta, lr, steps, tol, every, callback,
+                                 flow_rtol)
+            return _run(prob, theta, lr, steps, tol, every, callback)
     except np.linalg.LinAlgError as exc:
         if isinstance(exc, BWLinAlgError):
             raise
@@ -457,26 +496,79 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         ) from exc
 
 
-def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
-         R0, S0, theta, work, kind, record):
+class _Problem:
+    """A target, an architecture and a loss, with the kernels' arguments."""
+
+    def __init__(self, t, dims, tau, kind, dtype, record):
+        self.t, self.dims, self.tau, self.kind = t, dims, tau, kind
+        self.k = k = int(dims.min())
+        self.k_eff = max(min(k, t.rank), 1)
+        # a zero target has rank 0 < k everywhere: no kink to report there
+        self.rr = rank_rtol(dims, dtype) if t.rank > 0 else -1.0
+        self.R0, self.S0 = t.arrays(dtype)
+        self.work = Workspace(dims, dtype, grad=False)  # updates are in place
+        self.objective = "frobenius" if kind == K.FROBENIUS_LOSS else "bw"
+        self.opt = optimal_loss(t, k, tau, self.objective)
+        self.record = record
+        self.ncol = K.D_SIGMA + k
+        self.Omk = np.ascontiguousarray(t.eigvecs[:, :k], dtype=dtype)
+        self.dconst = np.array([np.sqrt(t.eigvals[k - 1]), self.opt])
+        # scale of the convergence test and of divergence: the target's total
+        # variance plus the isotropic part (1 if both vanish)
+        scale = t.trace + t.n * tau or 1.0
+        if kind == K.FROBENIUS_LOSS:
+            scale = scale * scale  # the square loss has squared units
+        self.scale = scale
+
+    def forward(self, theta):
+        """(loss, ratio, measure) at theta; prefix products and G in work."""
+        t = self.t
+        return K.network_forward(
+            theta, self.dims, self.R0, self.S0, t.trace, self.tau, self.k_eff,
+            self.rr, self.work.pbuf, self.work.G, self.kind, t.rank,
+        )
+
+    def record_at(self, theta, row):
+        """Diagnostics at theta into row (left NaN where theta overflows)."""
+        loss, _, emeas = self.forward(theta)
+        if emeas < 0.0:
+            return loss
+        w = self.work
+        K.record_diagnostics(theta, self.dims, w.pbuf, w.G, self.R0, self.S0,
+                             self.t.trace, self.tau, loss, self.kind, self.Omk,
+                             self.dconst, row)
+        row[K.D_GRAD] = np.sqrt(K.layer_measure(theta, self.dims, w.pbuf, w.G)[1])
+        return loss
+
+    def result(self, theta, *, losses, rec, rows, times, status, done, loss,
+               measure, lr, tol, wall, method, message=None):
+        ws = unpack(theta, self.dims)
+        for arr in (*ws, losses, rec, times):
+            arr.flags.writeable = False
+        loss = float(loss)
+        t, opt = self.t, self.opt
+        gap = loss - opt
+        rel = gap / opt if opt > 0 else (gap / t.trace if t.trace > 0 else gap)
+        if message is None:
+            message = _message(status, done, loss, measure, tol, lr)
+        diag = RunDiagnostics._from_records(rec, rows) if self.record else None
+        return FitResult(
+            weights=tuple(ws), losses=losses, loss_steps=rec, steps=int(done),
+            status=status, message=message, loss=loss, optimum=opt, gap=gap,
+            relative_gap=rel, measure=measure, lr=lr, tau=self.tau, tol=tol,
+            k=self.k, widths=tuple(int(d) for d in self.dims), wall_time=wall,
+            objective=self.objective, diagnostics=diag, method=method,
+            times=times,
+        )
+
+
+def _run(prob, theta, lr, steps, tol, every, callback):
     start = time.perf_counter()
-    objective = "frobenius" if kind == K.FROBENIUS_LOSS else "bw"
-    opt = optimal_loss(t, k, tau, objective)
-    dtype = theta.dtype
-    ncol = K.D_SIGMA + k
-    Omk = np.ascontiguousarray(t.eigvecs[:, :k], dtype=dtype)
-    dconst = np.array([np.sqrt(t.eigvals[k - 1]), opt])
+    t, dims, tau, work = prob.t, prob.dims, prob.tau, prob.work
+    ncol, record = prob.ncol, prob.record
     no_diag = np.empty((0, ncol))
-    # scale of the convergence test and of divergence: the target's total
-    # variance plus the isotropic part (1 if both vanish)
-    scale = t.trace + t.n * tau or 1.0
-    if kind == K.FROBENIUS_LOSS:
-        scale = scale * scale  # the square loss has squared units
-    loss0, _, _ = K.network_forward(
-        theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.pbuf, work.G, kind,
-        t.rank,
-    )
-    div_limit = _DIVERGENCE_FACTOR * max(loss0, scale)
+    loss0, _, _ = prob.forward(theta)
+    div_limit = _DIVERGENCE_FACTOR * max(loss0, prob.scale)
     # chunks of steps between returns to Python (progress, Ctrl-C), sized
     # to about 0.2 s with a callback and 1 s without; the loss history
     # grows chunk by chunk, so a large step limit allocates nothing upfront
@@ -490,9 +582,9 @@ def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
         diag = np.full((hist.size, ncol), np.nan) if record else no_diag
         first = done
         done, code, loss, meas = K.descend(
-            theta, dims, R0, S0, t.trace, tau, k_eff, rr, lr, first, stop,
-            steps, tol * scale, div_limit, hist, base, every, work.pbuf, work.G,
-            kind, t.rank, diag, Omk, dconst,
+            theta, dims, prob.R0, prob.S0, t.trace, tau, prob.k_eff, prob.rr, lr,
+            first, stop, steps, tol * prob.scale, div_limit, hist, base, every,
+            work.pbuf, work.G, prob.kind, t.rank, diag, prob.Omk, prob.dconst,
         )
         last = done - 1 if code == K.RUNNING else done
         idx = np.arange(-(-first // every), last // every + 1)
@@ -514,41 +606,87 @@ def _run(t, dims, tau, lr, steps, tol, every, callback, k, k_eff, rr,
         if record:
             final = np.full((1, ncol), np.nan)
             if status is not Status.DIVERGED:
-                _final_record(t, dims, tau, k_eff, rr, R0, S0, theta, work, kind,
-                              Omk, dconst, final[0])
+                prob.record_at(theta, final[0])
             rows = np.concatenate([rows, final])
-    ws = unpack(theta, dims)
-    for w in ws:
-        w.flags.writeable = False
-    losses.flags.writeable = False
-    rec.flags.writeable = False
-    loss = float(loss)
-    gap = loss - opt
-    rel = gap / opt if opt > 0 else (gap / t.trace if t.trace > 0 else gap)
-    measure = float(meas) / scale
-    message = _message(status, done, loss, measure, tol, lr)
-    return FitResult(
-        weights=tuple(ws), losses=losses, loss_steps=rec, steps=int(done),
-        status=status, message=message, loss=loss, optimum=opt, gap=gap,
-        relative_gap=rel, measure=measure,
-        lr=lr, tau=tau, tol=tol, k=k, widths=tuple(int(d) for d in dims),
-        wall_time=wall, objective=objective,
-        diagnostics=RunDiagnostics._from_records(rec, rows) if record else None,
+    return prob.result(
+        theta, losses=losses, rec=rec, rows=rows, times=rec * lr, status=status,
+        done=done, loss=loss, measure=float(meas) / prob.scale, lr=lr, tol=tol,
+        wall=wall, method="gd",
     )
 
 
-def _final_record(t, dims, tau, k_eff, rr, R0, S0, theta, work, kind, Omk,
-                  dconst, row):
-    """Diagnostics at the returned weights, for a last point off the stride."""
-    loss, _, emeas = K.network_forward(
-        theta, dims, R0, S0, t.trace, tau, k_eff, rr, work.pbuf, work.G, kind,
-        t.rank,
+def _run_flow(prob, theta, lr, steps, tol, every, callback, rtol):
+    """Integrate the gradient flow d theta / dt = -grad L(theta) with
+    scipy.integrate.solve_ivp (DOP853), up to time steps * lr or until the
+    optimality measure falls to tol; the loss and diagnostics are recorded
+    at every ``every``-th accepted solver step."""
+    from scipy.integrate import solve_ivp
+
+    start = time.perf_counter()
+    t, dims, tau, work = prob.t, prob.dims, prob.tau, prob.work
+    grad = np.empty_like(theta)
+    limit = tol * prob.scale
+    calls = [0]
+
+    def rhs(_time, y):
+        K.network_loss_grad(
+            y, dims, prob.R0, prob.S0, t.trace, tau, prob.k_eff, prob.rr, grad,
+            work.pbuf, work.G, prob.kind, t.rank,
+        )
+        calls[0] += 1
+        if callback is not None and calls[0] % 1000 == 0:
+            callback(calls[0], float("nan"))
+        return -grad
+
+    def converged(_time, y):
+        _, _, emeas = prob.forward(y)
+        if emeas < 0.0:
+            return -1.0  # overflowed: stop as well
+        return K.layer_measure(y, dims, work.pbuf, work.G)[0] - limit
+
+    converged.terminal = True
+    converged.direction = -1
+    t_end = float(steps) * lr
+    # absolute tolerance: rounding level of the weights' scale
+    atol = rtol * max(float(np.abs(theta).max()), 1e-300)
+    sol = solve_ivp(rhs, (0.0, t_end), theta, method="DOP853", rtol=rtol,
+                    atol=atol, events=converged if tol > 0 else None)
+    wall = time.perf_counter() - start
+    ys = sol.y
+    n_steps = ys.shape[1] - 1
+    keep = np.unique(np.append(np.arange(0, n_steps + 1, every), n_steps))
+    losses = np.empty(keep.size)
+    rows = np.full((keep.size, prob.ncol), np.nan) if prob.record else None
+    scratch = np.empty(prob.ncol)
+    for i, col in enumerate(keep):
+        y = np.ascontiguousarray(ys[:, col], dtype=theta.dtype)
+        losses[i] = prob.record_at(y, rows[i] if prob.record else scratch)
+    final = np.ascontiguousarray(ys[:, -1], dtype=theta.dtype)
+    theta[:] = final
+    loss, _, _ = prob.forward(theta)
+    meas = K.layer_measure(theta, dims, work.pbuf, work.G)[0] / prob.scale
+    if not np.isfinite(loss):
+        status = Status.DIVERGED
+    elif sol.status == 1 or meas <= tol:
+        status = Status.CONVERGED
+    else:
+        status = Status.STEP_LIMIT
+    if sol.status == -1:
+        message = f"the ODE solver failed: {sol.message}"
+        status = Status.DIVERGED
+    elif status is Status.CONVERGED:
+        message = (f"gradient flow converged at time {sol.t[-1]:.4g} after "
+                   f"{n_steps} solver steps: optimality measure {meas:.2e} <= "
+                   f"tol {tol:.1e}")
+    else:
+        message = (f"gradient flow reached time {t_end:.4g} (steps * lr) with "
+                   f"optimality measure {meas:.2e} > tol {tol:.1e}; raise steps")
+    return prob.result(
+        theta, losses=losses, rec=keep.astype(np.int64), rows=rows,
+        times=np.ascontiguousarray(sol.t[keep]), status=status, done=n_steps,
+        loss=loss, measure=meas, lr=lr, tol=tol, wall=wall, method="flow",
+        message=message,
     )
-    if emeas < 0.0:
-        return
-    K.record_diagnostics(theta, dims, work.pbuf, R0, S0, t.trace, tau, loss,
-                         kind, Omk, dconst, row)
-    row[K.D_GRAD] = np.sqrt(K.layer_measure(theta, dims, work.pbuf, work.G)[1])
 
 
 def _message(status, steps, loss, measure, tol, lr):
