@@ -31,6 +31,7 @@ _EXPORTS = {
     "default_lr": "train",
     "balancedness": "train",
     "observed_rate": "rates",
+    "predicted_flow_rate": "rates",
 }
 _SUBMODULES = {"io", "kernels", "reference", "bench", "cli"}
 

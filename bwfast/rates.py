@@ -9,7 +9,7 @@ tuned to each other.
 
 import numpy as np
 
-__all__ = ["observed_rate"]
+__all__ = ["observed_rate", "predicted_flow_rate"]
 
 # Gaps below this multiple of eps times the loss scale are rounding noise,
 # not convergence, and are left out of the fit.
@@ -77,3 +77,32 @@ def observed_rate(losses, loss_steps, optimum, *, scale=None):
         x, gap = x[later[0]:], gap[later[0]:]
     slope = np.polyfit(x, np.log(gap), 1)[0]
     return float(-slope)
+
+
+def predicted_flow_rate(margin, depth):
+    """Rate of the gradient-flow bound L(t) <= L(0) exp(-rate t).
+
+    rate = 4 N c^{2 (N - 1) / N} for depth N and margin c > 0. It holds for
+    tau = 0, rank bound k = n and a balanced start with margin
+    c = sqrt(lambda_n) - BW(W W^T, Sigma0) > 0: along the flow the loss
+    does not grow, so sigma_n(W) >= sqrt(lambda_n) - BW >= c; balanced
+    layers move the end-to-end matrix by
+    dW/dt = -sum_j (W W^T)^{(N-j)/N} G (W^T W)^{(j-1)/N}, so
+    dL/dt <= -N sigma_n^{2 (N-1) / N} ||G||^2, and ||G||^2 = 4 L at full
+    rank. The bound ignores how far above c the singular values stay, so
+    observed rates are usually much faster.
+
+    Returns NaN for c <= 0, where the bound says nothing.
+
+    Examples
+    --------
+    >>> predicted_flow_rate(1.0, 1), predicted_flow_rate(0.5, 2)
+    (4.0, 4.0)
+    """
+    c = float(margin)
+    n_layers = int(depth)
+    if n_layers < 1:
+        raise ValueError(f"`depth` must be >= 1; got {depth!r}")
+    if not c > 0.0:
+        return float("nan")
+    return 4.0 * n_layers * c ** (2.0 * (n_layers - 1) / n_layers)

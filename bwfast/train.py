@@ -23,7 +23,7 @@ from .network import (
     rank_rtol,
     unpack,
 )
-from .rates import observed_rate
+from .rates import observed_rate, predicted_flow_rate
 
 __all__ = ["fit", "FitResult", "RunDiagnostics", "Status", "default_lr",
            "balancedness"]
@@ -153,6 +153,16 @@ class FitResult:
     times : ndarray
         Continuous time of each recorded loss: step * lr for gradient
         descent, the solver's time for the flow.
+    margin : float
+        c = sqrt(lambda_k) - BW(W W^T + tau I, Sigma0) at the start.
+    predicted_rate : float
+        The convergence theory's rate per unit time,
+        :func:`bwfast.predicted_flow_rate` of the start's margin and the
+        depth, where its assumptions hold (BW loss, tau = 0, k = n, a
+        balanced start with c > 0); NaN elsewhere, with the reason in
+        ``prediction``. Compare with ``observed_time_rate``; the bound is
+        conservative, so the ratio is typically far above 1.
+    prediction : str
     """
 
     weights: tuple
@@ -176,6 +186,9 @@ class FitResult:
     diagnostics: RunDiagnostics | None = None
     method: str = "gd"
     times: np.ndarray | None = None
+    margin: float = float("nan")
+    predicted_rate: float = float("nan")
+    prediction: str = ""
 
     @property
     def converged(self):
@@ -195,6 +208,12 @@ class FitResult:
         of time for the flow."""
         x = self.times if self.method == "flow" else self.loss_steps
         return observed_rate(self.losses, x, self.optimum)
+
+    @property
+    def rate_ratio(self):
+        """observed_time_rate / predicted_rate (NaN without a prediction)."""
+        p = self.predicted_rate
+        return self.observed_time_rate / p if p > 0 else float("nan")
 
     @property
     def observed_time_rate(self):
@@ -274,6 +293,10 @@ def _initial_weights(init, t, dims, seed, dtype):
 
 
 _MAX_COUNT = 2**62
+
+# A start counts as balanced for the theory's prediction below this relative
+# defect (the balanced initializations reach rounding level, ~1e-15).
+_BALANCED_RTOL = 1e-8
 
 # fit(diagnostics=None) records the diagnostics when no width exceeds this:
 # a record's SVD of W and Gram products stay below a few gradient steps.
@@ -482,6 +505,7 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
     _check_memory(dims, dtype)
     prob = _Problem(t, dims, tau, kind, dtype, bool(diagnostics))
     theta = pack(_initial_weights(init, t, dims, seed, dtype), dtype)
+    prob.predict(theta)
     try:
         with blas_limit(int(dims.max())):
             if method == "flow":
@@ -519,6 +543,37 @@ class _Problem:
         if kind == K.FROBENIUS_LOSS:
             scale = scale * scale  # the square loss has squared units
         self.scale = scale
+
+    def predict(self, theta):
+        """Margin at the start and the theory's rate where it applies."""
+        t, dims = self.t, self.dims
+        ws = unpack(theta.astype(np.float64), dims)
+        W = ws[0]
+        for w in ws[1:]:
+            W = w @ W
+        R0, S0 = t.arrays(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = bool(np.isfinite(W).all())
+        bw2 = (K.bw_squared_network(W, R0, S0, t.trace, self.tau) if finite
+               else np.inf)
+        self.margin = float(np.sqrt(t.eigvals[self.k - 1]) - np.sqrt(bw2))
+        N = len(ws)
+        if self.objective != "bw":
+            why = "the theory's rate is for the BW loss"
+        elif self.tau != 0.0:
+            why = "the theory's rate is for tau = 0"
+        elif self.k != t.n:
+            why = f"the theory's rate needs k = n (here k = {self.k} < n = {t.n})"
+        elif not self.margin > 0.0:
+            why = f"the start has margin c = {self.margin:.3g} <= 0"
+        elif balancedness(ws) > _BALANCED_RTOL:
+            why = "the start is not balanced"
+        else:
+            why = ""
+        self.predicted_rate = predicted_flow_rate(self.margin, N) if not why \
+            else float("nan")
+        self.prediction = why or (
+            f"4 N c^(2(N-1)/N) with N = {N}, c = {self.margin:.4g}")
 
     def forward(self, theta):
         """(loss, ratio, measure) at theta; prefix products and G in work."""
@@ -558,7 +613,8 @@ class _Problem:
             relative_gap=rel, measure=measure, lr=lr, tau=self.tau, tol=tol,
             k=self.k, widths=tuple(int(d) for d in self.dims), wall_time=wall,
             objective=self.objective, diagnostics=diag, method=method,
-            times=times,
+            times=times, margin=self.margin, predicted_rate=self.predicted_rate,
+            prediction=self.prediction,
         )
 
 
