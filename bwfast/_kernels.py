@@ -974,25 +974,40 @@ D_SIGMA = 6
 
 
 @njit(**JIT)
-def bw_squared_network(W, R0, S0, tr0, tau):
-    """BW^2(W W^T + tau I, S0) in the trace form, from the eigenvalues of
-    M = R0 (W W^T + tau I) R0 (accurate to about eps times the traces)."""
+def bw_squared_network(W, R0, S0, tr0, tau, k, rank0):
+    """BW^2(W W^T + tau I, S0) for a network with rank bound k, the square
+    loss's runs need it for their margin.
+
+    tau = 0: ||W||^2 + tr S0 - 2 ||R0 W||_*, the nuclear norm from the k
+    leading singular values of R0 W (rank W <= k; the others are rounding
+    errors, whose sum would add a spurious sqrt(eps)-sized distance).
+    tau > 0: the trace form from the eigenvalues of M = R0 (W W^T + tau I) R0,
+    skipping its n - rank0 structural zeros (rank0 < 0: none). Accurate to
+    about eps times the traces.
+    """
     n = W.shape[0]
     X = R0 @ W
+    loss = _sumsq(W) + n * tau + tr0
+    if tau <= 0.0:
+        _, s, _ = np.linalg.svd(X, full_matrices=False)
+        for i in range(min(k, s.shape[0])):
+            loss -= 2.0 * np.float64(s[i])
+        return max(loss, 0.0)
     M = X @ X.T
     for i in range(n):
         for j in range(n):
             M[i, j] += tau * S0[i, j]
     w, _ = _eigh_raw(M, True)
-    loss = _sumsq(W) + n * tau + tr0
-    for i in range(n):
+    w = np.sort(w)
+    skip = n - rank0 if rank0 >= 0 else 0
+    for i in range(skip, n):
         loss -= 2.0 * np.sqrt(max(np.float64(w[i]), 0.0))
     return max(loss, 0.0)
 
 
 @njit(**JIT)
 def record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss, loss_kind,
-                       Omk, dconst, row):
+                       rank0, Omk, dconst, row):
     """Fill one diagnostics record at the current weights, before the update.
 
     row[D_GAP] = loss - optimum (dconst[1]); row[D_MARGIN] = sqrt(lambda_k)
@@ -1015,7 +1030,10 @@ def record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss, loss_kind,
     off = layer_offsets(dims)
     row[D_GAP] = loss - dconst[1]
     row[D_E2E] = np.sqrt(_sumsq(G))
-    bw2 = loss if loss_kind == BW_LOSS else bw_squared_network(W, R0, S0, tr0, tau)
+    if loss_kind == BW_LOSS:
+        bw2 = loss
+    else:
+        bw2 = bw_squared_network(W, R0, S0, tr0, tau, Omk.shape[1], rank0)
     row[D_MARGIN] = dconst[0] - np.sqrt(max(np.float64(bw2), 0.0))
     defect = 0.0
     for j in range(1, N):
@@ -1075,7 +1093,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
             hist[row] = loss
             if record:
                 record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss,
-                                   loss_kind, Omk, dconst, diag[row])
+                                   loss_kind, rank0, Omk, dconst, diag[row])
         if not np.isfinite(loss) or loss > div_limit or emeas < 0.0:
             return step, DIVERGED, loss, np.nan
         if loss_kind == BW_LOSS and tau <= 0.0 and ratio <= rank_rtol:
@@ -1102,7 +1120,8 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
                     hist[row] = loss
                     if record:
                         record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau,
-                                           loss, loss_kind, Omk, dconst, diag[row])
+                                           loss, loss_kind, rank0, Omk, dconst,
+                                           diag[row])
                         diag[row, D_GRAD] = np.sqrt(
                             layer_measure(theta, dims, pbuf, G)[1])
                 return step, CONVERGED, loss, meas

@@ -547,16 +547,17 @@ class _Problem:
     def predict(self, theta):
         """Margin at the start and the theory's rate where it applies."""
         t, dims = self.t, self.dims
-        ws = unpack(theta.astype(np.float64), dims)
-        W = ws[0]
-        for w in ws[1:]:
-            W = w @ W
-        R0, S0 = t.arrays(np.float64)
-        with np.errstate(over="ignore", invalid="ignore"):
-            finite = bool(np.isfinite(W).all())
-        bw2 = (K.bw_squared_network(W, R0, S0, t.trace, self.tau) if finite
-               else np.inf)
+        loss, _, emeas = self.forward(theta)
+        if emeas < 0.0:
+            bw2 = np.inf
+        elif self.kind == K.BW_LOSS:
+            bw2 = loss
+        else:
+            W = K._prefix(theta, self.work.pbuf, dims, len(dims) - 1)
+            bw2 = K.bw_squared_network(W, self.R0, self.S0, t.trace, self.tau,
+                                       self.k, t.rank)
         self.margin = float(np.sqrt(t.eigvals[self.k - 1]) - np.sqrt(bw2))
+        ws = unpack(theta, dims)
         N = len(ws)
         if self.objective != "bw":
             why = "the theory's rate is for the BW loss"
@@ -590,8 +591,8 @@ class _Problem:
             return loss
         w = self.work
         K.record_diagnostics(theta, self.dims, w.pbuf, w.G, self.R0, self.S0,
-                             self.t.trace, self.tau, loss, self.kind, self.Omk,
-                             self.dconst, row)
+                             self.t.trace, self.tau, loss, self.kind,
+                             self.t.rank, self.Omk, self.dconst, row)
         row[K.D_GRAD] = np.sqrt(K.layer_measure(theta, self.dims, w.pbuf, w.G)[1])
         return loss
 
