@@ -29,6 +29,9 @@ _EXPORTS = {
     "Status": "train",
     "default_lr": "train",
     "balancedness": "train",
+    "hessian_vector_product": "curvature",
+    "hessian": "curvature",
+    "hessian_extremes": "curvature",
 }
 _SUBMODULES = {"io", "kernels", "reference", "bench", "cli"}
 
