@@ -279,10 +279,11 @@ def hessian_vector_product(weights, target, direction, tau=0.0, loss="bw"):
     weights : sequence of 2-D array_like
         W_1 .. W_N, W_j of shape (d_j, d_{j-1}), d_N = n.
     target : Target or (n, n) array_like
-    direction : sequence of 2-D array_like, or (P,) array_like
-        One array per layer shaped like the weights, or one flat vector of
-        all P parameters in layer order, each layer row-major (the layout
-        of ``hessian``).
+    direction : sequence of 2-D array_like, or (P,) ndarray
+        One array per layer shaped like the weights (a single 2-D array
+        for a depth-1 network), or one flat 1-D ndarray of all P
+        parameters in layer order, each layer row-major (the layout of
+        ``hessian``).
     tau : float, default 0
         Isotropic variance added to the model covariance, >= 0.
     loss : {'bw', 'frobenius'}
@@ -406,7 +407,8 @@ def hessian_extremes(weights, target, tau=0.0, loss="bw", *, method="auto",
         both ends of the spectrum, to machine precision) on a linear
         operator that applies Hessian-vector products, for networks too
         large for the dense matrix. 'auto' picks 'dense' up to
-        ``max_params`` parameters, 'lanczos' above.
+        ``max_params`` parameters, 'lanczos' above. Networks with P < 3
+        always take the dense route (ARPACK needs P > 2).
     max_params : int, default 4000
         Largest P for the dense route.
 
