@@ -32,6 +32,9 @@ _EXPORTS = {
     "balancedness": "train",
     "observed_rate": "rates",
     "predicted_flow_rate": "rates",
+    "hessian_vector_product": "curvature",
+    "hessian": "curvature",
+    "hessian_extremes": "curvature",
 }
 _SUBMODULES = {"io", "kernels", "reference", "bench", "cli"}
 
