@@ -32,6 +32,7 @@ _EXPORTS = {
     "balancedness": "train",
     "observed_rate": "rates",
     "predicted_flow_rate": "rates",
+    "stable_step": "rates",
     "hessian_vector_product": "curvature",
     "hessian": "curvature",
     "hessian_extremes": "curvature",

@@ -299,6 +299,14 @@ def _add_fit(commands):
         "loss ||W W^T + tau I - target||_F^2, the classical baseline",
     )
     net.add_argument(
+        "--method",
+        choices=("gd", "flow"),
+        default=None,
+        help="gd: gradient descent with step --lr (default); flow: the "
+        "gradient ODE integrated by scipy's solve_ivp up to time steps * lr, "
+        "float64 only",
+    )
+    net.add_argument(
         "--tau",
         type=_nonnegative_float,
         default=None,
@@ -357,6 +365,13 @@ def _add_fit(commands):
         action="store_true",
         help="replace existing files in DIR (never a symbolic link or a "
         "directory; only with --out)",
+    )
+    out.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the log-gap to the optimum, the learned spectrum against "
+        "the target's and the balancedness defect (matplotlib); an existing "
+        "FILE is never replaced",
     )
     out.add_argument(
         "--json", action="store_true", help="print the summary as JSON on stdout"
@@ -472,13 +487,18 @@ def _run_fit(args):
     out_dir = None if args.out is None else Path(args.out)
     if out_dir is not None:
         _check_out_dir(out_dir, args.force)
+    if args.plot is not None:
+        _check_new_png(args.plot, "--plot")
 
     # Only what the user set: every other default is fit's own.
     kwargs = {
         name: getattr(args, name)
-        for name in ("loss", "tau", "lr", "steps", "tol", "seed", "record_every")
+        for name in ("loss", "tau", "lr", "steps", "tol", "seed", "record_every",
+                     "method")
         if getattr(args, name) is not None
     }
+    if args.plot is not None:
+        kwargs["diagnostics"] = True  # the defect panel needs them
     if args.float32:
         kwargs["dtype"] = np.float32
     max_steps = kwargs.get("steps", _fit_defaults()["steps"])
@@ -525,11 +545,55 @@ def _run_fit(args):
         except OSError as exc:
             code = _fail(f"--out: cannot write results: {_one_line(exc)}", EXIT_FAILURE)
             summary["exit_code"] = code
+    if args.plot is not None:
+        try:
+            _save_figure(args.plot, lambda: _run_plot(result, target))
+            summary.setdefault("files", []).append(args.plot)
+        except (OSError, ImportError) as exc:
+            code = _fail(f"--plot: cannot write '{args.plot}': {_one_line(exc)}",
+                         EXIT_FAILURE)
+            summary["exit_code"] = code
     if args.json:
         _stdout(json.dumps(_jsonable(summary), indent=2), "the summary")
     else:
         _stdout(_format_summary(summary), "the summary")
     return code
+
+
+def _run_plot(result, target):
+    from bwfast.plots import run_figure
+
+    return run_figure(result, target)
+
+
+def _check_new_png(path, flag):
+    """Refuse a plot path that is not .png, exists, or cannot be created."""
+    plot = Path(path)
+    if plot.suffix.lower() != ".png":
+        raise _UsageError(f"{flag} must name a .png file; got '{plot}'")
+    if os.path.lexists(plot):  # a dangling link counts too
+        raise _UsageError(f"{flag} file '{plot}' exists; not overwritten")
+    parent = plot.parent if str(plot.parent) else Path(".")
+    if not parent.is_dir():
+        raise _UsageError(f"{flag}: directory '{parent}' does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _UsageError(f"{flag}: cannot create files in '{parent}'")
+
+
+def _save_figure(path, draw):
+    """Draw a figure and save it under the new name ``path`` through a
+    temporary file, never replacing anything that appeared there."""
+    plot = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=plot.parent if str(plot.parent) else ".",
+                               prefix=_TMP_PREFIX, suffix=".png")
+    tmp = Path(tmp)
+    try:
+        os.close(fd)
+        draw().savefig(tmp, format="png", dpi=100)
+        os.chmod(tmp, 0o666 & ~_umask())
+        _install(tmp, plot, force=False)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_fit_options(args):
@@ -680,7 +744,31 @@ def _summary(result, source, kind, target, args, code):
         "steps": int(result.steps),
         "balancedness": float(result.balancedness),
         "wall_time": float(result.wall_time),
+        "method": str(result.method),
+        "margin": float(result.margin),
+        "predicted_rate": float(result.predicted_rate),
+        "prediction": str(result.prediction),
+        "observed_rate": float(result.observed_rate),
+        "observed_time_rate": float(result.observed_time_rate),
+        "rate_ratio": float(result.rate_ratio),
     }
+
+
+def _format_rates(s):
+    unit = "time" if s["method"] == "flow" else "step"
+    obs = s["observed_rate"]
+    text = (f"observed {obs:.4g} per {unit}" if math.isfinite(obs)
+            else "observed: not measurable (too few points above rounding)")
+    if s["method"] != "flow" and math.isfinite(obs):
+        text += f" ({s['observed_time_rate']:.4g} per unit time)"
+    pred = s["predicted_rate"]
+    if math.isfinite(pred):
+        text += f"; predicted (flow bound) {pred:.4g} per unit time"
+        if math.isfinite(s["rate_ratio"]):
+            text += f", observed / predicted = {s['rate_ratio']:.3g}"
+    else:
+        text += f"; no prediction: {s['prediction']}"
+    return text
 
 
 def _format_summary(s):
@@ -695,6 +783,9 @@ def _format_summary(s):
         ("total time", f"{s['total_time']:.3f} s for the whole command"),
         ("balancedness", f"{s['balancedness']:.3e}"),
         ("lr", f"{s['lr']:.6g}"),
+        ("margin", f"{s['margin']:.4g} at the start "
+                   "(sqrt(lambda_k) - BW(W W^T + tau I, target))"),
+        ("rate", _format_rates(s)),
     ]
     if "files" in s:
         rows.append(("written", ", ".join(s["files"])))

@@ -9,7 +9,7 @@ tuned to each other.
 
 import numpy as np
 
-__all__ = ["observed_rate", "predicted_flow_rate"]
+__all__ = ["observed_rate", "predicted_flow_rate", "stable_step"]
 
 # Gaps below this multiple of eps times the loss scale are rounding noise,
 # not convergence, and are left out of the fit.
@@ -106,3 +106,27 @@ def predicted_flow_rate(margin, depth):
     if not c > 0.0:
         return float("nan")
     return 4.0 * n_layers * c ** (2.0 * (n_layers - 1) / n_layers)
+
+
+def stable_step(weights, target, tau=0.0, loss="bw"):
+    """The local stability bound 2 / lambda_max of the loss's Hessian.
+
+    Gradient descent with a step above it is unstable near ``weights``
+    (the fastest curvature direction is over-corrected); below it, the
+    descent lemma holds to second order there. It is measured at one point
+    (the curvature changes along a run), not a global guarantee: compare
+    a run's ``lr`` with it at the start. The largest eigenvalue comes from
+    :func:`bwfast.hessian_extremes` (dense for small networks, Lanczos
+    otherwise).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> # depth 1 at the optimum: the Hessian's largest eigenvalue is 2
+    >>> float(round(stable_step([np.diag([2.0, 1.0])], np.diag([4.0, 1.0])), 12))
+    1.0
+    """
+    from .curvature import hessian_extremes
+
+    _, top = hessian_extremes(weights, target, tau, loss)
+    return 2.0 / top if top > 0 else float("inf")
