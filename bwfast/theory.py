@@ -478,7 +478,8 @@ def classify(result_or_weights, target, tau=None):
     d_i (d_i - 2 a_i): no enumeration of the C(n, k) sets. For a repeated
     eigenvalue the a_i are the eigenvalues of W W^T compressed to the
     eigenspace, which also gives the nearest point of the critical manifold.
-    Cost: O(n^2 d_0 + n^3).
+    Cost: O(n^2 d_0 + n^3). The losses reported are BW values, also for a
+    result trained with ``loss='frobenius'``.
 
     Parameters
     ----------
