@@ -36,8 +36,16 @@ _EXPORTS = {
     "hessian_vector_product": "curvature",
     "hessian": "curvature",
     "hessian_extremes": "curvature",
+    "CriticalPoint": "theory",
+    "critical_points": "theory",
+    "count_critical_points": "theory",
+    "realize": "theory",
+    "Classification": "theory",
+    "classify": "theory",
+    "margin": "theory",
+    "init_weights": "theory",
 }
-_SUBMODULES = {"io", "kernels", "reference", "bench", "cli"}
+_SUBMODULES = {"io", "kernels", "reference", "bench", "cli", "theory"}
 
 __all__ = sorted(_EXPORTS)
 

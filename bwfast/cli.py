@@ -180,6 +180,7 @@ def _build_parser():
     # Later commands (bench, critical-points, sweep) register here the same way.
     _add_fit(commands)
     _add_bench(commands)
+    _add_critical_points(commands)
     return parser
 
 
@@ -331,6 +332,16 @@ def _add_fit(commands):
         default=None,
         help="converged when max_j ||dL/dW_j|| ||W_j|| <= TOL * (tr(target) + n tau) "
         "(default: 1e-7 in float64, 1e-5 with --float32)",
+    )
+    net.add_argument(
+        "--init",
+        choices=_inits(),
+        default=None,
+        help="initialization (default: balanced): balanced, a random balanced "
+        "factorization; margin, balanced near the optimum with margin "
+        "sqrt(lambda_k) - BW > 0 (needs a wide enough bottleneck, e.g. k = n); "
+        "orthogonal or gaussian, scaled per-layer orthogonal or Gaussian "
+        "matrices (see bwfast.theory.init_weights)",
     )
     net.add_argument(
         "--seed",
@@ -494,7 +505,7 @@ def _run_fit(args):
     kwargs = {
         name: getattr(args, name)
         for name in ("loss", "tau", "lr", "steps", "tol", "seed", "record_every",
-                     "method")
+                     "method", "init")
         if getattr(args, name) is not None
     }
     if args.plot is not None:
@@ -623,7 +634,7 @@ def _check_fit_options(args):
         _check_weight_count(args.widths, args.float32)
 
 
-def _fit_target(args):
+def _fit_target(args, command="fit"):
     """(target, source, kind, notes) from --target and --kind."""
     from bwfast.io import _load, default_target
 
@@ -637,7 +648,7 @@ def _fit_target(args):
     notes = []
     if kind == "auto" and kind_read == "samples":
         notes.append(
-            f"bwfast fit: read {args.target} as {m} samples x {n} features"
+            f"bwfast {command}: read {args.target} as {m} samples x {n} features"
         )
     return target, args.target, kind_read, notes
 
@@ -728,6 +739,7 @@ def _summary(result, source, kind, target, args, code):
         "lr": float(result.lr),
         "dtype": "float32" if args.float32 else "float64",
         "seed": defaults["seed"] if args.seed is None else args.seed,
+        "init": defaults["init"] if args.init is None else args.init,
         "tol": float(result.tol),
         "max_steps": defaults["steps"] if args.steps is None else args.steps,
         "record_every": (
@@ -790,6 +802,147 @@ def _format_summary(s):
     if "files" in s:
         rows.append(("written", ", ".join(s["files"])))
     return "\n".join(f"{name:<14}{value}" for name, value in rows)
+
+
+# --- critical-points -------------------------------------------------------------
+
+_CRITICAL_EPILOG = """\
+table:
+  J is the index set of the critical point Omega_J diag(lambda_J - tau)
+  Omega_J^T: 0-based indices into the target's eigenvalues sorted in
+  descending order, written as ranges (0-2,5 is {0, 1, 2, 5}). 'dim' is the
+  dimension of the manifold of critical points a repeated eigenvalue makes
+  (0: an isolated point). 'rel. gap' is (loss - optimum) / optimum (divided
+  by the trace of the target instead when the optimum is 0).
+
+exit codes:
+  0    the table was printed
+  1    runtime failure (output could not be written)
+  2    bad usage or bad input (file, matrix, option values)
+  130  interrupted
+"""
+
+
+def _inits():
+    from bwfast.theory import INITS
+
+    return INITS
+
+
+def _add_critical_points(commands):
+    p = commands.add_parser(
+        "critical-points",
+        help="list the critical points of the BW loss and their losses",
+        description=textwrap.fill(
+            "List the function-space critical points of the Bures-Wasserstein "
+            "loss BW^2(Sigma + tau I, target) over rank(Sigma) <= K (SPEC 5), "
+            "with their losses, their gap to the optimum and which one is the "
+            "global minimum, lowest loss first.",
+            width=79,
+        ),
+        epilog=_CRITICAL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.set_defaults(run=_run_critical_points)
+    p.add_argument(
+        "--target", metavar="FILE|default", default=None,
+        help=".npy, .npz or .csv file, or 'default' for the shipped digits "
+        "covariance (the default; a file named default is ./default)",
+    )
+    p.add_argument(
+        "--kind", choices=("auto", "cov", "samples"), default=None,
+        help="read FILE as a covariance or as samples x features, as for "
+        "'bwfast fit' (default: auto; only with --target FILE)",
+    )
+    p.add_argument("--k", type=_nonnegative_int, required=True,
+                   help="rank bound, the minimum width of the network, 0 to n")
+    p.add_argument("--tau", type=_nonnegative_float, default=0.0,
+                   help="variance added to the model as tau I, >= 0 (default: 0)")
+    p.add_argument("--max-count", type=_nonnegative_int, default=20, metavar="M",
+                   help="print at most M points (default: 20; the total grows "
+                   "like n choose k)")
+    p.add_argument("--order", choices=("loss", "size"), default="loss",
+                   help="loss: increasing loss (default); size: by rank, then "
+                   "by index set")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--quiet", action="store_true", help="no notes on stderr")
+
+
+def _run_critical_points(args):
+    from bwfast import theory
+
+    if args.target == "default":
+        if args.kind is not None:
+            raise _UsageError(
+                f"--kind {args.kind}: applies only with --target FILE (the "
+                "shipped target is a covariance); drop --kind"
+            )
+        args.target = None
+    elif args.target is None and args.kind is not None:
+        raise _UsageError(
+            f"--kind {args.kind}: applies only with --target FILE; pass "
+            "--target FILE or drop --kind"
+        )
+    target, source, _, notes = _fit_target(args, "critical-points")
+    for line in notes:
+        _note(args, line)
+    if args.k > target.n:
+        raise _UsageError(
+            f"--k must be <= n = {target.n} (the target dimension); got {args.k}"
+        )
+    total = theory.count_critical_points(target, args.k, args.tau)
+    best = next(theory.critical_points(target, args.k, args.tau))
+    points = list(theory.critical_points(
+        target, args.k, args.tau, max_count=args.max_count, order=args.order))
+    rows = [
+        {"index_set": list(p.index_set), "rank": p.rank, "loss": p.loss,
+         "relative_gap": p.relative_gap, "dimension": p.dimension,
+         "global_minimum": p.is_global_minimum}
+        for p in points
+    ]
+    head = {"target": source, "n": int(target.n), "target_rank": int(target.rank),
+            "k": args.k, "tau": args.tau, "optimum": best.optimum,
+            "count": total, "shown": len(rows), "order": args.order}
+    if args.json:
+        _stdout(json.dumps(_jsonable(dict(head, points=rows)), indent=2),
+                "the table")
+    else:
+        _stdout(_format_critical(head, rows), "the table")
+    return EXIT_OK
+
+
+def _ranges(J):
+    """(0, 1, 2, 5) -> '0-2,5'; () -> '{}'."""
+    parts, i = [], 0
+    while i < len(J):
+        j = i
+        while j + 1 < len(J) and J[j + 1] == J[j] + 1:
+            j += 1
+        parts.append(str(J[i]) if i == j else f"{J[i]}-{J[j]}")
+        i = j + 1
+    return ",".join(parts) or "{}"
+
+
+def _format_critical(head, rows):
+    lines = [
+        f"critical points of BW^2(Sigma + tau I, target), rank(Sigma) <= "
+        f"{head['k']}: target {head['target']} (n = {head['n']}, rank "
+        f"{head['target_rank']}), tau = {head['tau']:g}",
+        f"optimum {head['optimum']:.10g}; {head['shown']} of {head['count']} "
+        f"shown, by {head['order']}",
+        "",
+    ]
+    sets = [_ranges(r["index_set"]) for r in rows]
+    w = max([len("J")] + [len(x) for x in sets])
+    lines.append(f"{'J':<{w}}  {'rank':>4}  {'loss':>16}  {'rel. gap':>10}  "
+                 f"{'dim':>4}  global min")
+    for x, r in zip(sets, rows):
+        lines.append(
+            f"{x:<{w}}  {r['rank']:>4}  {r['loss']:>16.10g}  "
+            f"{r['relative_gap']:>10.3e}  {r['dimension']:>4}  "
+            + ("yes" if r["global_minimum"] else "no")
+        )
+    return "\n".join(lines)
 
 
 # --- output files ----------------------------------------------------------------

@@ -15,7 +15,6 @@ from ._validate import scalar
 from .network import (
     Workspace,
     as_target,
-    balanced_weights,
     check_weights,
     loss_code,
     optimal_loss,
@@ -265,23 +264,16 @@ def balancedness(weights, relative=True):
     return defect
 
 
-def _initial_weights(init, t, dims, seed, dtype):
+def _initial_weights(init, t, dims, seed, dtype, tau=0.0):
     if isinstance(init, str):
-        if init != "balanced":
+        from .theory import INITS, init_weights
+
+        if init not in INITS:
             raise ValueError(
-                f"`init` must be 'balanced' or a sequence of weight arrays; "
-                f"got {init!r}"
+                f"`init` must be one of {INITS} or a sequence of weight "
+                f"arrays; got {init!r}"
             )
-        # A random end-to-end matrix of rank k, scaled so that its energy
-        # matches the optimum's (the top-k eigenvalues of the target).
-        rng = np.random.default_rng(seed)
-        k = int(min(dims))
-        W = rng.standard_normal((int(dims[-1]), int(dims[0])))
-        U, s, Vt = np.linalg.svd(W, full_matrices=False)
-        W = (U[:, :k] * s[:k]) @ Vt[:k]
-        energy = float(t.eigvals[:k].sum()) or 1.0
-        W *= np.sqrt(energy) / np.linalg.norm(W)
-        ws = balanced_weights(W, [int(d) for d in dims], seed=seed)
+        ws = init_weights(init, t, [int(d) for d in dims], tau=tau, seed=seed)
         return [np.asarray(w, dtype=dtype) for w in ws]
     ws, wdims, _ = check_weights(init, t.n)
     if not np.array_equal(wdims, dims):
@@ -399,10 +391,15 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         one layer, made scale-free by the model's total variance. Checked
         every ``record_every`` steps. For depth 1, tau = 0 and k = n,
         ||dL/dW||^2 = 4 L, so it bounds the loss by about tol^2 tr Sigma0 / 4.
-    init : 'balanced' or sequence of arrays
+    init : {'balanced', 'margin', 'orthogonal', 'gaussian'} or sequence of arrays
         'balanced': a random rank-k end-to-end matrix with the optimum's
         energy, factored by :func:`balanced_weights`, so the layers start
-        exactly balanced. Or the initial weights themselves.
+        exactly balanced. 'margin': exactly balanced and close to the
+        optimum, with margin c > 0 (ValueError where no weights have one).
+        'orthogonal', 'gaussian': scaled orthogonal or Gaussian layers.
+        :func:`bwfast.theory.init_weights` builds them (and documents what
+        each guarantees); :func:`bwfast.theory.margin` reports c. Or the
+        initial weights themselves.
     seed : int
         Seed of the initialization.
     record_every : int, default 10
@@ -504,7 +501,7 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
 
     _check_memory(dims, dtype)
     prob = _Problem(t, dims, tau, kind, dtype, bool(diagnostics))
-    theta = pack(_initial_weights(init, t, dims, seed, dtype), dtype)
+    theta = pack(_initial_weights(init, t, dims, seed, dtype, tau), dtype)
     prob.predict(theta)
     try:
         with blas_limit(int(dims.max())):

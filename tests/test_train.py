@@ -159,7 +159,7 @@ def test_singular_target_tau_zero():
         (dict(lr=0.0), ValueError, "`lr`"),
         (dict(steps=-1), ValueError, "`steps`"),
         (dict(record_every=0), ValueError, "`record_every`"),
-        (dict(init="gaussian"), ValueError, "`init`"),
+        (dict(init="uniform"), ValueError, "`init`"),
         (dict(dtype=np.float16), TypeError, "`dtype`"),
     ],
 )
