@@ -835,7 +835,7 @@ def _add_critical_points(commands):
         help="list the critical points of the BW loss and their losses",
         description=textwrap.fill(
             "List the function-space critical points of the Bures-Wasserstein "
-            "loss BW^2(Sigma + tau I, target) over rank(Sigma) <= K (SPEC 5), "
+            "loss BW^2(Sigma + tau I, target) over rank(Sigma) <= K, "
             "with their losses, their gap to the optimum and which one is the "
             "global minimum, lowest loss first.",
             width=79,

@@ -208,7 +208,7 @@ def count_critical_points(target, k, tau=0.0):
 
 
 def critical_points(target, k, tau=0.0, *, max_count=None, order="loss"):
-    """Enumerate the function-space critical points of the BW loss (SPEC 5).
+    """Enumerate the function-space critical points of the BW loss.
 
     For every index set J of size r = 0 .. k of the eigenvalues lambda_i >
     tau, the critical point Sigma_J = Omega_J diag(lambda_J - tau)
@@ -222,7 +222,7 @@ def critical_points(target, k, tau=0.0, *, max_count=None, order="loss"):
 
     Eigenvalues <= tau never enter J: Sigma_J would not be PSD (or, for
     lambda_i = tau and for zero eigenvalues at tau = 0, would equal Sigma_J
-    without i). SPEC 5 assumes 0 < tau <= lambda_k; for a larger tau the
+    without i). The theory assumes 0 < tau <= lambda_k; for a larger tau the
     sets have at most m < k indices, m the number of eigenvalues above tau,
     and the global minimum is J = {0 .. m-1}, matching :func:`optimal_loss`.
     Repeated eigenvalues (equal within ``TIE_RTOL * lambda_1``) make
@@ -545,7 +545,7 @@ def classify(result_or_weights, target, tau=None):
 
 
 def margin(weights_or_W, target, tau=None):
-    """The margin c = sqrt(lambda_k) - BW(W W^T + tau I, Sigma0) (SPEC 5).
+    """The margin c = sqrt(lambda_k) - BW(W W^T + tau I, Sigma0).
 
     k is the minimum width (for a single matrix W of shape (n, d_0),
     min(n, d_0)). When c > 0 the singular values of W stay away from zero

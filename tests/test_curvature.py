@@ -244,7 +244,7 @@ def test_lanczos_extremes_match_the_dense_ones():
 
 
 # --------------------------------------------------------------------------
-# Curvature near a rank drop (SPEC section 5)
+# Curvature near a rank drop
 
 EPS = np.array([1e-1, 1e-2, 1e-3])
 RANK_DROP_LAM = np.array([4.0, 2.0, 1.0])
@@ -304,7 +304,7 @@ def test_tau_positive_curvature_stays_bounded(depth):
     lam = RANK_DROP_LAM
     assert _loglog_slope(smins, lows) > -0.2     # measured: -0.08, -0.06
     assert abs(lows[-1] / lows[-2] - 1.0) < 0.01  # it has levelled off
-    # the size SPEC section 5 quotes for the bound, in the target's units
+    # the size of the bound quoted for tau > 0, in the target's units
     assert np.abs(lows).max() < lam[0] ** 2 / (tau * lam[-1]) ** 1.5
 
 

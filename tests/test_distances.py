@@ -17,7 +17,7 @@ from bwfast import reference as ref
 EPS = np.finfo(np.float64).eps
 
 # Relative accuracy demanded for nearly equal commuting pairs, where the trace
-# formula keeps no correct digit (see SPEC section 2).
+# formula keeps no correct digit.
 NEAR_EQUAL_RTOL = 1e-6
 
 
