@@ -891,9 +891,9 @@ def _add_sweep(commands):
     run.add_argument("--out", metavar="DIR",
                      help="output directory, created if needed; the results go to "
                      "DIR/sweep.sqlite")
-    run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    run.add_argument("--workers", type=_nonnegative_int, default=None, metavar="N",
                      help="local pool size, or workers of --dask-local (default: "
-                     "all cores)")
+                     "all cores); 0 runs one at a time in this process")
     run.add_argument("--scheduler", metavar="ADDRESS", default=None,
                      help="run on the Dask cluster of this scheduler "
                      "(tcp://host:8786); its workers need bwfast installed")
@@ -996,6 +996,9 @@ def _check_sweep_options(args, mode):
     if args.scheduler is not None and args.workers is not None:
         raise _UsageError("--workers: the cluster of --scheduler has its own "
                           "workers; drop --workers")
+    if args.dask_local and args.workers == 0:
+        raise _UsageError("--workers 0 runs in this process; it does not apply "
+                          "to --dask-local")
     if args.dry_run:
         for name in ("out", "new_store", "retry_failed", "export",
                      "export_histories", "plot"):
@@ -1160,8 +1163,10 @@ def _format_sweep_summary(s):
     if "computed" in s:
         rows.insert(3, ("this time", f"{s['computed']} computed, {s['skipped']} "
                         "already stored"))
-        rows.append(("wall time", f"{s['wall_time']:.1f} s on {s['workers']} "
-                     f"{s['backend']} worker{'s' if s['workers'] != 1 else ''}"))
+        where = ("in this process" if s["backend"] == "inprocess" else
+                 f"on {s['workers']} {s['backend']} "
+                 f"worker{'s' if s['workers'] != 1 else ''}")
+        rows.append(("wall time", f"{s['wall_time']:.1f} s {where}"))
     if "files" in s:
         rows.append(("written", ", ".join(s["files"])))
     return "\n".join(f"{name:<12}{value}" for name, value in rows)

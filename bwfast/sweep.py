@@ -610,7 +610,7 @@ def _check_table(table, rules, label):
         else:
             values = [value]
         if not values:
-            raise SweepFileError(f"{label}: {key} = []: an axis needs at least one "
+            raise SweepFileError(f"{label} {key} = []: an axis needs at least one "
                                  "value")
         checked = []
         for i, v in enumerate(values):
@@ -618,7 +618,7 @@ def _check_table(table, rules, label):
                 checked.append(check(v))
             except _Bad as exc:
                 at = f"{key}[{i}]" if values is value else key
-                raise SweepFileError(f"{label}: {at} = {_toml(v)}: {exc}") from None
+                raise SweepFileError(f"{label} {at} = {_toml(v)}: {exc}") from None
         out[key] = checked
     return out
 
@@ -736,6 +736,36 @@ def _require(module, purpose, pip=None):
         raise ImportError(
             f"{purpose} needs the '{package}' package, which is not installed: "
             f"{hint} (or {_PIP_EXTRA})") from None
+
+
+class _InProcess:
+    """Runs one at a time in this process (workers=0): no pool to start,
+    and no ``if __name__ == "__main__"`` guard needed in a script."""
+
+    name = "inprocess"
+    workers = 0
+    slots = 1
+
+    def submit(self, task):
+        from concurrent.futures import Future
+
+        from . import _sweep_worker
+
+        fut = Future()
+        fut.set_result(_sweep_worker.execute(task))
+        return fut
+
+    def wait(self, futures, timeout):
+        return futures
+
+    def result(self, future):
+        return future.result()
+
+    def stop(self):
+        pass
+
+    def close(self):
+        pass
 
 
 class _LocalPool:
@@ -913,7 +943,11 @@ def run_sweep(sweep, out, *, workers=None, scheduler=None, dask_local=False,
         ``out/sweep.sqlite`` (nothing else in it is touched).
     workers : int, optional
         Local pool size (default: all cores available to this process), or
-        the number of workers of the ``dask_local`` cluster.
+        the number of workers of the ``dask_local`` cluster. 0 runs the
+        configurations one after the other in this process. The pool's
+        workers are spawned processes: a script that calls run_sweep with
+        a pool must do so under ``if __name__ == "__main__":``, as with
+        :mod:`multiprocessing`.
     scheduler : str, optional
         Address of a running Dask scheduler (``tcp://host:8786``): runs go to
         its workers, which need bwfast installed.
@@ -962,7 +996,10 @@ def run_sweep(sweep, out, *, workers=None, scheduler=None, dask_local=False,
     if workers is not None:
         from ._validate import scalar
 
-        workers = scalar(workers, "workers", low=1, integer=True)
+        workers = scalar(workers, "workers", low=0, integer=True)
+        if workers == 0 and (scheduler is not None or dask_local):
+            raise ValueError("`workers` = 0 (run in this process) excludes "
+                             "`scheduler` and `dask_local`")
     started = time.perf_counter()
     store, aside = _open_store(sweep, out, new_store)
     try:
@@ -1042,6 +1079,8 @@ def _execute(sweep, store, todo, report, workers, scheduler, dask_local, retry,
     if scheduler is not None or dask_local:
         backend = _DaskPool(scheduler, workers or (None if scheduler else
                                                   min(_cpu_count(), len(todo))))
+    elif workers == 0:
+        backend = _InProcess()
     else:
         _warm_up({r.params["dtype"] for r in todo})
         backend = _LocalPool(min(workers or _cpu_count(), len(todo)))
@@ -1462,8 +1501,7 @@ def _draw(grid, path, x, y, value, title, contour, log):
                              f"(smallest {finite.min():.3g})")
         if finite.size:
             norm = colors.LogNorm(vmin=finite.min(), vmax=finite.max())
-    cmap = colormaps["viridis"].copy()
-    cmap.set_bad("0.8")
+    cmap = colormaps["viridis"].with_extremes(bad="0.8")  # grey: no value
     fig = Figure(figsize=(7.0, 5.0), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -1475,8 +1513,10 @@ def _draw(grid, path, x, y, value, title, contour, log):
             raise ValueError("contour needs at least 2 values of x and of y and "
                              "4 cells with a value; draw a heatmap instead")
         X, Y = np.meshgrid(xs, ys)
-        mesh = ax.contourf(X, Y, masked, levels=12, cmap=cmap, norm=norm)
-        ax.plot(X.ravel(), Y.ravel(), "k.", markersize=3)
+        levels = (np.geomspace(finite.min(), finite.max(), 13) if log
+                  and finite.min() < finite.max() else 12)
+        mesh = ax.contourf(X, Y, masked, levels=levels, cmap=cmap, norm=norm)
+        ax.plot(X.ravel(), Y.ravel(), "k.", markersize=3, clip_on=False)
         for axis, vals in (("x", xs), ("y", ys)):
             if vals.min() > 0 and vals.max() / vals.min() >= 100:
                 getattr(ax, f"set_{axis}scale")("log")
@@ -1499,7 +1539,13 @@ def _draw(grid, path, x, y, value, title, contour, log):
                     ax.text(j + 0.5, i + 0.5, f"{v:.3g}", ha="center",
                             va="center", fontsize=7,
                             color="white" if dark else "black")
-    fig.colorbar(mesh, ax=ax, label=value)
+    if log:
+        from matplotlib.ticker import LogFormatterSciNotation, LogLocator
+
+        fig.colorbar(mesh, ax=ax, label=value, ticks=LogLocator(),
+                     format=LogFormatterSciNotation())
+    else:
+        fig.colorbar(mesh, ax=ax, label=value)
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.set_title(title, fontsize=10)
