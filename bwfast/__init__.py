@@ -30,8 +30,17 @@ _EXPORTS = {
     "default_lr": "train",
     "balancedness": "train",
     "observed_rate": "rates",
+    "synthetic_target": "targets",
+    "synthetic_spectrum": "targets",
+    "Sweep": "sweep",
+    "load_sweep": "sweep",
+    "run_sweep": "sweep",
+    "sweep_results": "sweep",
+    "sweep_histories": "sweep",
+    "export_sweep": "sweep",
+    "plot_sweep": "sweep",
 }
-_SUBMODULES = {"io", "kernels", "reference", "bench", "cli"}
+_SUBMODULES = {"io", "kernels", "reference", "bench", "cli", "sweep", "targets"}
 
 __all__ = sorted(_EXPORTS)
 

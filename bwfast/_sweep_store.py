@@ -79,14 +79,6 @@ def store_path(directory):
     return Path(directory) / STORE_NAME
 
 
-def _connect(path):
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    return conn
-
-
 class Store:
     """An open results store (use as a context manager, or call close)."""
 
@@ -99,8 +91,11 @@ class Store:
 
     @classmethod
     def open(cls, directory):
-        """Open an existing store read-write; StoreError if there is none."""
-        path = store_path(directory)
+        """Open the store of a directory (or a store file itself, such as a
+        set-aside ``sweep.1.sqlite``); StoreError if there is none."""
+        path = Path(directory)
+        if not path.is_file():
+            path = store_path(directory)
         if not os.path.lexists(path):
             raise StoreError(f"'{directory}' holds no sweep store ({STORE_NAME})")
         if path.is_symlink() or not path.is_file():
@@ -121,7 +116,10 @@ class Store:
             raise StoreError(
                 f"'{path}' is not a bwfast sweep store of format {FORMAT!r} "
                 f"({found}); not touched")
-        conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:  # read-only: reading still works
+            pass
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         return cls(path, conn)

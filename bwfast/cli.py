@@ -1113,6 +1113,10 @@ def _sweep_run(args, source):
     if report.set_aside is not None:
         _note(args, f"bwfast sweep: the previous store was moved to "
               f"{report.set_aside}")
+    failed = report.counts.get("failed", 0)
+    if failed:
+        _note(args, f"bwfast sweep: {failed} run{'s' if failed > 1 else ''} "
+              "failed; the error of each is its 'message' in the results")
     summary = sw.store_summary(out)
     summary.update(computed=report.computed, skipped=report.skipped,
                    backend=report.backend, workers=report.workers,
@@ -1138,7 +1142,7 @@ def _sweep_write(kind, store_dir, path, args):
                           where=args.where, agg=args.agg, contour=args.contour,
                           log=args.log, overwrite=args.force)
         else:
-            sw.export_results(store_dir, path, histories=kind == "histories",
+            sw.export_sweep(store_dir, path, histories=kind == "histories",
                               overwrite=args.force)
     except sw.StoreError as exc:
         raise _UsageError(_one_line(exc)) from exc

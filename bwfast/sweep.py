@@ -25,7 +25,7 @@ cores, one BLAS thread per worker) or on a Dask cluster, and commits each
 finished run to an SQLite store in the output directory, so that an
 interrupted sweep resumes where it stopped. :func:`sweep_results` and
 :func:`sweep_histories` read the store as pandas tables,
-:func:`export_results` writes them to Parquet or CSV, and
+:func:`export_sweep` writes them to Parquet or CSV, and
 :func:`plot_sweep` draws one result column over two parameters.
 """
 
@@ -50,7 +50,7 @@ __all__ = [
     "SweepAborted",
     "SweepChanged",
     "SweepFileError",
-    "export_results",
+    "export_sweep",
     "load_sweep",
     "plot_sweep",
     "run_sweep",
@@ -761,6 +761,9 @@ class _InProcess:
     def result(self, future):
         return future.result()
 
+    def succeeded(self, future):
+        return future.done()
+
     def stop(self):
         pass
 
@@ -796,6 +799,10 @@ class _LocalPool:
         from concurrent.futures import FIRST_COMPLETED, wait
 
         return wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)[0]
+
+    def succeeded(self, future):
+        return (future.done() and not future.cancelled()
+                and future.exception() is None)
 
     def result(self, future):
         from concurrent.futures.process import BrokenProcessPool
@@ -857,6 +864,9 @@ class _DaskPool:
                               return_when="FIRST_COMPLETED").done
         except (DaskTimeout, TimeoutError):
             return set()
+
+    def succeeded(self, future):
+        return future.status == "finished"
 
     def result(self, future):
         try:
@@ -1074,8 +1084,6 @@ def _version():
 
 def _execute(sweep, store, todo, report, workers, scheduler, dask_local, retry,
              progress):
-    from .train import DEFAULT_TOL  # noqa: F401 - fail early if bwfast is broken
-
     if scheduler is not None or dask_local:
         backend = _DaskPool(scheduler, workers or (None if scheduler else
                                                   min(_cpu_count(), len(todo))))
@@ -1118,15 +1126,11 @@ def _execute(sweep, store, todo, report, workers, scheduler, dask_local, retry,
                 commit(fut)
             fill()
     except BaseException as exc:
-        backend.stop()
         if isinstance(exc, KeyboardInterrupt):
-            # runs that finished before the stop request are kept
-            for fut in [f for f in inflight if f.done() and not f.cancelled()]:
-                try:
-                    if fut.exception() is None:
-                        commit(fut)
-                except Exception:  # noqa: BLE001, S110 - a cancelled run
-                    pass
+            # runs that finished before the interruption are kept
+            for fut in [f for f in inflight if backend.succeeded(f)]:
+                commit(fut)
+        backend.stop()
         raise
     else:
         backend.close()
@@ -1263,7 +1267,7 @@ def _check_export_path(path):
     return path, ext
 
 
-def export_results(directory, path, *, histories=False, overwrite=False):
+def export_sweep(directory, path, *, histories=False, overwrite=False):
     """Write the results table (or the loss histories) to Parquet or CSV.
 
     Parameters
@@ -1416,7 +1420,7 @@ def plot_sweep(source, path, *, x, y, value, where=None, agg=None, contour=False
     log : bool
         Logarithmic colour scale (all values must be positive).
     overwrite : bool
-        As in :func:`export_results`.
+        As in :func:`export_sweep`.
 
     Returns
     -------

@@ -221,10 +221,17 @@ def test_local_pool_and_dask_give_identical_tables(tmp_path):
         remote = sw.run_sweep(sweep, tmp_path / "dask",
                               scheduler=c.scheduler_address, progress=False)
     assert (remote.backend, remote.computed) == ("dask", 5)
+    # and the command line's own LocalCluster (worker processes, loopback)
+    code = main(["sweep", str(tmp_path / "sweep.toml"), "--out",
+                 str(tmp_path / "dask-local"), "--dask-local", "--workers", "2",
+                 "--quiet"])
+    assert code == 0
     a, b = numeric_table(tmp_path / "local"), numeric_table(tmp_path / "dask")
     import pandas as pd
 
     pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a, numeric_table(tmp_path / "dask-local"))
+    assert sw.sweep_results(tmp_path / "dask-local")["worker"].nunique() == 2
     # and both are what fit itself returns
     for run, row in zip(sweep.runs, a.to_dict("records")):
         if row["status"] == "failed":
@@ -395,15 +402,15 @@ def test_export_round_trips(stored, tmp_path):
     pytest.importorskip("pyarrow")
     table = sw.sweep_results(stored)
     assert tuple(table.columns) == sw.RESULT_COLUMNS
-    assert sw.export_results(stored, tmp_path / "r.parquet") == 8
+    assert sw.export_sweep(stored, tmp_path / "r.parquet") == 8
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "r.parquet"), table)
-    sw.export_results(stored, tmp_path / "r.csv")
+    sw.export_sweep(stored, tmp_path / "r.csv")
     back = pd.read_csv(tmp_path / "r.csv")
     assert tuple(back.columns) == sw.RESULT_COLUMNS
     for col in ("final_loss", "rate", "relative_gap", "lambda_min", "tau"):
         assert back[col].tolist() == table[col].tolist()
     assert back["run_id"].tolist() == table["run_id"].tolist()
-    sw.export_results(stored, tmp_path / "h.parquet", histories=True)
+    sw.export_sweep(stored, tmp_path / "h.parquet", histories=True)
     hist = pd.read_parquet(tmp_path / "h.parquet")
     assert list(hist.columns) == ["run_id", "index", "step", "loss"]
     last = hist.groupby("index").tail(1)
@@ -411,10 +418,10 @@ def test_export_round_trips(stored, tmp_path):
     assert last["step"].tolist() == table["steps_taken"].tolist()
     # never overwritten without asking
     with pytest.raises(FileExistsError, match="not overwritten"):
-        sw.export_results(stored, tmp_path / "r.csv")
+        sw.export_sweep(stored, tmp_path / "r.csv")
     os.symlink(tmp_path / "r.csv", tmp_path / "link.csv")
     with pytest.raises(FileExistsError, match="not a regular file"):
-        sw.export_results(stored, tmp_path / "link.csv", overwrite=True)
+        sw.export_sweep(stored, tmp_path / "link.csv", overwrite=True)
 
 
 def test_plot_writes_a_heatmap_png(stored, tmp_path, capsys):
@@ -509,4 +516,4 @@ def test_missing_packages_are_named_with_the_pip_command(stored, tmp_path, capsy
     assert not (tmp_path / "o").exists()  # refused before anything ran
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(ImportError, match=r"'pyarrow'.*pip install pyarrow"):
-        sw.export_results(stored, tmp_path / "r.parquet")
+        sw.export_sweep(stored, tmp_path / "r.parquet")
