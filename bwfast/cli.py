@@ -864,10 +864,9 @@ _SWEEP_EPILOG = """\
 exit codes:
   0    every configuration has a stored result (failed runs included); or
        the export, plot or summary was written
-  1    runtime failure (a worker died, a result could not be written, a
-       package is missing)
+  1    runtime failure (a worker died, a result could not be written)
   2    bad usage or bad input (sweep file, options, a DIR holding another
-       sweep's store)
+       sweep's store, an option whose package is not installed)
   130  interrupted (the runs stored so far are kept; run the same command
        again to resume)
 """

@@ -46,6 +46,7 @@ __all__ = [
     "PLACEMENT_COLUMNS",
     "RESULT_COLUMNS",
     "RunConfig",
+    "SweepReport",
     "Sweep",
     "SweepAborted",
     "SweepChanged",
@@ -840,7 +841,7 @@ class _DaskPool:
                 host="127.0.0.1", dashboard_address=None)
             scheduler = self.cluster
         try:
-            self.client = distributed.Client(scheduler, timeout="30s")
+            self.client = distributed.Client(scheduler, timeout="15s")
         except OSError as exc:
             self._close_cluster()
             raise ConnectionError(
