@@ -100,6 +100,7 @@ class Store:
             raise StoreError(f"'{directory}' holds no sweep store ({STORE_NAME})")
         if path.is_symlink() or not path.is_file():
             raise StoreError(f"'{path}' is not a regular file; not opened")
+        conn = None
         try:
             # mode=rw: never create a file that is not there
             conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True,
@@ -107,6 +108,8 @@ class Store:
             fmt = conn.execute(
                 "SELECT value FROM meta WHERE key = 'format'").fetchone()
         except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
             raise StoreError(
                 f"'{path}' is not a bwfast sweep store ({exc}); not touched"
             ) from None

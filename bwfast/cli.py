@@ -943,8 +943,8 @@ class _SweepAborted(Exception):
 
 def _run_sweep(args):
     source = Path(args.source)
-    if source.is_dir():
-        mode = "store"
+    if source.is_dir() or (source.suffix.lower() == ".sqlite" and source.is_file()):
+        mode = "store"  # a sweep's DIR, or a store file such as sweep.1.sqlite
     elif source.suffix.lower() == ".toml" or source.is_file():
         mode = "run"
     else:
@@ -986,7 +986,7 @@ def _check_sweep_options(args, mode):
             if given(name):
                 raise _UsageError(
                     f"{flag(name)}: applies only when running a sweep file; "
-                    f"'{args.source}' is a directory (of results)")
+                    f"'{args.source}' holds results")
     elif args.out is None and not args.dry_run:
         raise _UsageError(f"--out DIR is required to run '{args.source}' (the "
                           "results go to DIR/sweep.sqlite)")

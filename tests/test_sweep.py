@@ -352,9 +352,18 @@ def test_changed_sweep_is_refused_unless_a_new_store(tmp_path, capsys):
                                   "0", "--new-store")
     assert code == 0 and "3 computed" in out_text
     assert f"moved to {out / 'sweep.1.sqlite'}" in err
-    with sqlite3.connect(out / "sweep.1.sqlite") as conn:  # the old results
-        assert conn.execute("SELECT COUNT(*) FROM runs").fetchone() == (2,)
+    assert len(sw.sweep_results(out / "sweep.1.sqlite")) == 2  # the old results
+    code, out_text, _ = run_cli(capsys, "sweep", out / "sweep.1.sqlite")
+    assert code == 0 and "2 converged" in out_text
     assert len(sw.sweep_results(out)) == 3
+    # a file of the user's under the store's name is never touched
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sweep.sqlite").write_bytes(b"my notes")
+    code, _, err = run_cli(capsys, "sweep", path, "--out", other, "--workers", "0")
+    assert code == 2 and "is not a bwfast sweep store" in error_line(err)
+    assert (other / "sweep.sqlite").read_bytes() == b"my notes"
+    assert sorted(p.name for p in other.iterdir()) == ["sweep.sqlite"]
 
 
 def test_retry_failed_replaces_only_failed_rows(tmp_path):
@@ -477,6 +486,7 @@ def test_cli_summary_export_and_usage_errors(stored, tmp_path, capsys):
     for argv, message in [
         ((EXAMPLE,), "--out DIR is required"),
         ((stored, "--out", tmp_path), "--out: applies only when running"),
+        ((stored, "--dry-run"), "--dry-run: applies only when running"),
         ((stored, "--workers", "2"), "--workers: applies only when running"),
         ((EXAMPLE, "--out", tmp_path, "--scheduler", "tcp://x:1", "--dask-local"),
          "choose one"),
