@@ -659,9 +659,11 @@ def _canonical(c, rules, label, base_dir, files):
             if "kind" in c:
                 raise need("kind applies only to target files; target is "
                            '"digits"')
-            from .io import default_target
+            if _DIGITS not in files:
+                from .io import default_target
 
-            n = default_target().n
+                files[_DIGITS] = default_target().n
+            n = files[_DIGITS]
         else:
             kind = c.get("kind", "auto")
             n, digest = _target_file(base_dir / name, kind, label, files)
