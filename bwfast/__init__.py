@@ -44,8 +44,18 @@ _EXPORTS = {
     "classify": "theory",
     "margin": "theory",
     "init_weights": "theory",
+    "synthetic_target": "targets",
+    "synthetic_spectrum": "targets",
+    "Sweep": "sweep",
+    "load_sweep": "sweep",
+    "run_sweep": "sweep",
+    "sweep_results": "sweep",
+    "sweep_histories": "sweep",
+    "export_sweep": "sweep",
+    "plot_sweep": "sweep",
 }
-_SUBMODULES = {"io", "kernels", "reference", "bench", "cli", "theory"}
+_SUBMODULES = {"io", "kernels", "reference", "bench", "cli", "theory", "curvature",
+               "rates", "plots", "sweep", "targets"}
 
 __all__ = sorted(_EXPORTS)
 

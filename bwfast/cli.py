@@ -181,6 +181,7 @@ def _build_parser():
     _add_fit(commands)
     _add_bench(commands)
     _add_critical_points(commands)
+    _add_sweep(commands)
     return parser
 
 
@@ -1081,6 +1082,341 @@ def _save_npz(path, arrays):
 
     with open(path, "wb") as f:  # a file object: np.savez would add ".npz"
         np.savez(f, **arrays)
+
+
+# --- sweep -------------------------------------------------------------------------
+
+_SWEEP_DESCRIPTION = """\
+Run every configuration of a sweep file (TOML) and store each finished run
+in DIR/sweep.sqlite as it completes; or, given the DIR of a sweep, export or
+plot its results.
+
+  bwfast sweep FILE.toml --out DIR        run (again: finish what is missing)
+  bwfast sweep DIR                        summary of a store
+  bwfast sweep DIR --export results.parquet [--export-histories h.parquet]
+  bwfast sweep DIR --plot rate.png --x depth --y lambda_min --value rate
+
+Runs go to a local pool of processes (all cores, one BLAS thread each) by
+default, to a running Dask cluster with --scheduler, or to a Dask
+LocalCluster with --dask-local. A run that raises is stored as 'failed' with
+its message and the sweep goes on. A DIR holding the store of a different
+sweep is refused unless --new-store (the old store is kept as
+sweep.K.sqlite). The sweep file format is documented in bwfast.sweep.
+"""
+
+_SWEEP_EPILOG = """\
+exit codes:
+  0    every configuration has a stored result (failed runs included); or
+       the export, plot or summary was written
+  1    runtime failure (a worker died, a result could not be written)
+  2    bad usage or bad input (sweep file, options, a DIR holding another
+       sweep's store, an option whose package is not installed)
+  130  interrupted (the runs stored so far are kept; run the same command
+       again to resume)
+"""
+
+_SWEEP_RUN_OPTIONS = ("out", "workers", "scheduler", "dask_local", "new_store",
+                      "retry_failed", "dry_run")
+_PLOT_OPTIONS = ("x", "y", "value", "where", "agg", "contour", "log")
+
+
+def _add_sweep(commands):
+    p = commands.add_parser(
+        "sweep",
+        help="run a grid of training runs from a TOML file; export and plot it",
+        description=_SWEEP_DESCRIPTION,
+        epilog=_SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("source", metavar="FILE.toml|DIR",
+                   help="a sweep file to run, or the output directory of a sweep")
+    run = p.add_argument_group("running (with FILE.toml)")
+    run.add_argument("--out", metavar="DIR",
+                     help="output directory, created if needed; the results go to "
+                     "DIR/sweep.sqlite")
+    run.add_argument("--workers", type=_nonnegative_int, default=None, metavar="N",
+                     help="local pool size, or workers of --dask-local (default: "
+                     "all cores); 0 runs one at a time in this process")
+    run.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                     help="run on the Dask cluster of this scheduler "
+                     "(tcp://host:8786); its workers need bwfast installed")
+    run.add_argument("--dask-local", action="store_true",
+                     help="run on a Dask LocalCluster started for the sweep, "
+                     "bound to 127.0.0.1")
+    run.add_argument("--new-store", action="store_true",
+                     help="start a new store even if DIR holds one (kept as "
+                     "DIR/sweep.K.sqlite)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="compute again the runs stored as failed")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the sweep file and print its size and axes; run "
+                     "nothing")
+    res = p.add_argument_group("results (after a run, or from DIR)")
+    res.add_argument("--export", metavar="FILE",
+                     help="one row per run to FILE (.parquet or .csv)")
+    res.add_argument("--export-histories", metavar="FILE",
+                     help="the loss histories, one row per recorded loss "
+                     "(run_id, index, step, loss), to FILE (.parquet or .csv)")
+    res.add_argument("--plot", metavar="FILE.png",
+                     help="heatmap of --value over --x and --y")
+    res.add_argument("--x", metavar="COLUMN", help="column of the x axis (with --plot)")
+    res.add_argument("--y", metavar="COLUMN", help="column of the y axis (with --plot)")
+    res.add_argument("--value", metavar="COLUMN",
+                     help="numeric column drawn as colour, e.g. rate (with --plot)")
+    res.add_argument("--where", metavar="COLUMN=VALUE", action="append", default=None,
+                     help="plot only the runs where COLUMN equals VALUE (repeatable)")
+    res.add_argument("--agg", choices=("mean", "median", "min", "max"), default=None,
+                     help="combine several runs in one cell (default: one run per "
+                     "cell, else an error)")
+    res.add_argument("--contour", action="store_true",
+                     help="filled contours over numeric axes instead of a heatmap")
+    res.add_argument("--log", action="store_true", help="logarithmic colour scale")
+    res.add_argument("--force", action="store_true",
+                     help="replace existing --export/--plot files (never a link or "
+                     "a directory)")
+    res.add_argument("--json", action="store_true",
+                     help="print the summary as JSON on stdout")
+    res.add_argument("--quiet", action="store_true",
+                     help="no progress bar or notes on stderr")
+    p.set_defaults(run=_run_sweep)
+
+
+class _SweepAborted(Exception):
+    """The sweep stopped before its end (a worker died): exit code 1."""
+
+
+def _run_sweep(args):
+    source = Path(args.source)
+    if source.is_dir() or (source.suffix.lower() == ".sqlite" and source.is_file()):
+        mode = "store"  # a sweep's DIR, or a store file such as sweep.1.sqlite
+    elif source.suffix.lower() == ".toml" or source.is_file():
+        mode = "run"
+    else:
+        raise _UsageError(f"'{source}': no such sweep file (.toml) or directory")
+    _check_sweep_options(args, mode)
+    _check_sweep_packages(args)
+    outputs = _sweep_outputs(args)
+    try:
+        if mode == "run":
+            summary = _sweep_run(args, source)
+            if summary is None:  # --dry-run
+                return EXIT_OK
+            store_dir = Path(args.out)
+        else:
+            store_dir = source
+            summary = _sweep_store_summary(store_dir)
+        for kind, path in outputs:
+            summary.setdefault("files", []).append(
+                _sweep_write(kind, store_dir, path, args))
+    except (ImportError, OSError, _SweepAborted) as exc:
+        return _fail(exc, EXIT_FAILURE)
+    if args.json:
+        _stdout(json.dumps(_jsonable(summary), indent=2), "the summary")
+    else:
+        _stdout(_format_sweep_summary(summary), "the summary")
+    return EXIT_OK
+
+
+def _check_sweep_options(args, mode):
+    def given(name):
+        value = getattr(args, name)
+        return value not in (None, False)
+
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    if mode == "store":
+        for name in _SWEEP_RUN_OPTIONS:
+            if given(name):
+                raise _UsageError(
+                    f"{flag(name)}: applies only when running a sweep file; "
+                    f"'{args.source}' holds results")
+    elif args.out is None and not args.dry_run:
+        raise _UsageError(f"--out DIR is required to run '{args.source}' (the "
+                          "results go to DIR/sweep.sqlite)")
+    if args.scheduler is not None and args.dask_local:
+        raise _UsageError("--scheduler and --dask-local: choose one")
+    if args.scheduler is not None and args.workers is not None:
+        raise _UsageError("--workers: the cluster of --scheduler has its own "
+                          "workers; drop --workers")
+    if args.dask_local and args.workers == 0:
+        raise _UsageError("--workers 0 runs in this process; it does not apply "
+                          "to --dask-local")
+    if args.dry_run:
+        for name in ("out", "new_store", "retry_failed", "export",
+                     "export_histories", "plot"):
+            if given(name):
+                raise _UsageError(f"{flag(name)}: --dry-run runs nothing; drop one")
+    if args.plot is not None:
+        missing = [flag(n) for n in ("x", "y", "value") if getattr(args, n) is None]
+        if missing:
+            raise _UsageError(f"--plot needs {', '.join(missing)} (for example "
+                              "--x depth --y lambda_min --value rate)")
+    else:
+        for name in _PLOT_OPTIONS:
+            if given(name):
+                raise _UsageError(f"{flag(name)}: applies only with --plot FILE.png")
+    if args.force and args.export is None and args.export_histories is None and (
+            args.plot is None):
+        raise _UsageError("--force: applies only with --export, --export-histories "
+                          "or --plot (it allows replacing those files)")
+
+
+def _check_sweep_packages(args):
+    """Fail at once, before any run, when an option needs a missing package."""
+    from importlib.util import find_spec
+
+    needs = []
+    if args.scheduler is not None or args.dask_local:
+        needs.append(("distributed", "--scheduler/--dask-local",
+                      "pip install 'dask[distributed]'"))
+    exports = [p for p in (args.export, args.export_histories) if p is not None]
+    if exports or args.plot is not None:
+        needs.append(("pandas", "--export/--plot", "pip install pandas"))
+    if any(Path(p).suffix.lower() == ".parquet" for p in exports):
+        needs.append(("pyarrow", "a .parquet export", "pip install pyarrow"))
+    if args.plot is not None:
+        needs.append(("matplotlib", "--plot", "pip install matplotlib"))
+    for module, what, pip in needs:
+        if find_spec(module) is None:
+            raise _UsageError(
+                f"{what} needs the '{module}' package, which is not installed: "
+                f"{pip} (or pip install 'bwfast[sweep]')")
+
+
+def _sweep_outputs(args):
+    """[(kind, Path)] of the files to write, checked before anything runs."""
+    outputs = []
+    for kind, name, suffixes in (("export", args.export, (".parquet", ".csv")),
+                                 ("histories", args.export_histories,
+                                  (".parquet", ".csv")),
+                                 ("plot", args.plot, (".png",))):
+        if name is None:
+            continue
+        path = Path(name)
+        option = {"export": "--export", "histories": "--export-histories",
+                  "plot": "--plot"}[kind]
+        if path.suffix.lower() not in suffixes:
+            raise _UsageError(f"{option} must name a {' or '.join(suffixes)} file; "
+                              f"got '{path}'")
+        if os.path.lexists(path):
+            if path.is_symlink() or not path.is_file():
+                raise _UsageError(f"{option}: '{path}' exists and is not a regular "
+                                  "file; not replaced, even with --force")
+            if not args.force:
+                raise _UsageError(f"{option}: '{path}' already exists; pass --force "
+                                  "to overwrite it")
+        if not path.parent.is_dir():
+            raise _UsageError(f"{option}: '{path.parent}' is not a directory")
+        if any(path == p for _, p in outputs):
+            raise _UsageError(f"{option}: '{path}' is named twice")
+        outputs.append((kind, path))
+    return outputs
+
+
+def _sweep_run(args, source):
+    from bwfast import sweep as sw
+
+    try:
+        spec = sw.load_sweep(source)
+    except ValueError as exc:
+        raise _UsageError(_one_line(exc)) from exc
+    if args.dry_run:
+        lines = [f"sweep '{spec.name}' ({source}): {len(spec)} runs"]
+        for key, values in spec.axes().items():
+            lines.append(f"  {key:<14}{', '.join(_sweep_value(v) for v in values)}")
+        _stdout("\n".join(lines), "the summary")
+        return None
+    out = Path(args.out)
+    try:
+        report = sw.run_sweep(
+            spec, out, workers=args.workers, scheduler=args.scheduler,
+            dask_local=args.dask_local, new_store=args.new_store,
+            retry_failed=args.retry_failed,
+            progress=False if args.quiet else None)
+    except sw.SweepChanged as exc:
+        raise _UsageError(
+            f"--out: {_one_line(exc)}: pass --new-store or another --out DIR"
+        ) from exc
+    except sw.StoreError as exc:
+        raise _UsageError(f"--out: {_one_line(exc)}") from exc
+    except sw.SweepFileError as exc:
+        raise _UsageError(_one_line(exc)) from exc
+    except sw.SweepAborted as exc:
+        raise _SweepAborted(_one_line(exc)) from exc
+    except KeyboardInterrupt:
+        try:
+            done = sw.store_summary(out)
+            _note(args, f"bwfast sweep: {done['total'] - done['missing']} of "
+                  f"{done['total']} runs are stored in {done['store']}; run the "
+                  "same command again to finish")
+        except Exception:  # noqa: BLE001, S110 - the interruption matters
+            pass
+        raise
+    if report.set_aside is not None:
+        _note(args, f"bwfast sweep: the previous store was moved to "
+              f"{report.set_aside}")
+    failed = report.counts.get("failed", 0)
+    if failed:
+        _note(args, f"bwfast sweep: {failed} run{'s' if failed > 1 else ''} "
+              "failed; the error of each is its 'message' in the results")
+    summary = sw.store_summary(out)
+    summary.update(computed=report.computed, skipped=report.skipped,
+                   backend=report.backend, workers=report.workers,
+                   wall_time=report.wall_time)
+    return summary
+
+
+def _sweep_store_summary(store_dir):
+    from bwfast import sweep as sw
+
+    try:
+        return sw.store_summary(store_dir)
+    except sw.StoreError as exc:
+        raise _UsageError(_one_line(exc)) from exc
+
+
+def _sweep_write(kind, store_dir, path, args):
+    from bwfast import sweep as sw
+
+    try:
+        if kind == "plot":
+            sw.plot_sweep(store_dir, path, x=args.x, y=args.y, value=args.value,
+                          where=args.where, agg=args.agg, contour=args.contour,
+                          log=args.log, overwrite=args.force)
+        else:
+            sw.export_sweep(store_dir, path, histories=kind == "histories",
+                              overwrite=args.force)
+    except sw.StoreError as exc:
+        raise _UsageError(_one_line(exc)) from exc
+    except ValueError as exc:
+        option = {"plot": "--plot", "export": "--export",
+                  "histories": "--export-histories"}[kind]
+        raise _UsageError(f"{option}: {_one_line(exc)}") from exc
+    return str(path)
+
+
+def _sweep_value(value):
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _format_sweep_summary(s):
+    counts = ", ".join(f"{n} {status}" for status, n in s["counts"].items())
+    rows = [("sweep", f"{s['name']} ({s['source']})" if s["source"] else s["name"]),
+            ("store", s["store"]),
+            ("runs", f"{s['total']}"),
+            ("results", counts or "none yet"),
+            ("missing", f"{s['missing']}")]
+    if "computed" in s:
+        rows.insert(3, ("this time", f"{s['computed']} computed, {s['skipped']} "
+                        "already stored"))
+        where = ("in this process" if s["backend"] == "inprocess" else
+                 f"on {s['workers']} {s['backend']} "
+                 f"worker{'s' if s['workers'] != 1 else ''}")
+        rows.append(("wall time", f"{s['wall_time']:.1f} s {where}"))
+    if "files" in s:
+        rows.append(("written", ", ".join(s["files"])))
+    return "\n".join(f"{name:<12}{value}" for name, value in rows)
 
 
 # --- terminal output ---------------------------------------------------------------
