@@ -579,7 +579,14 @@ def _run_plot(result, target):
 
 
 def _check_new_png(path, flag):
-    """Refuse a plot path that is not .png, exists, or cannot be created."""
+    """Refuse a plot path that is not .png, exists, or cannot be created, and
+    a plot without matplotlib (an optional dependency), before training."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise _UsageError(
+            f"{flag} needs matplotlib, which is not installed: "
+            "pip install matplotlib (or pip install 'bwfast[sweep]')")
     plot = Path(path)
     if plot.suffix.lower() != ".png":
         raise _UsageError(f"{flag} must name a .png file; got '{plot}'")
