@@ -405,6 +405,32 @@ def test_example_runs_reach_the_theory(stored):
     assert (table["relative_gap"] < 1e-9).all()
     assert (table["eig_min"] - table["lambda_min"]).abs().max() < 1e-14
     assert (table["rate"] > 0).all()
+    # the theory's prediction applies (tau = 0, k = n) where the start has
+    # a positive margin, and is NaN exactly where it does not
+    assert ((table["margin"] > 0) == table["predicted_rate"].notna()).all()
+
+
+def test_margin_starts_carry_the_prediction(tmp_path):
+    path = write(tmp_path, """
+        [parameters]
+        target = "harmonic"
+        n = 6
+        lambda_min = 0.2
+        width = 6
+        depth = [2, 3]
+        init = "margin"
+        record_every = 1
+        tol = 1e-10
+    """)
+    sw.run_sweep(sw.load_sweep(path), tmp_path / "out", workers=0)
+    table = sw.sweep_results(tmp_path / "out")
+    assert len(table) == 2 and (table["status"] == "converged").all()
+    assert (table["margin"] > 0).all()
+    for _, row in table.iterrows():
+        assert row["predicted_rate"] == pytest.approx(
+            bwfast.predicted_flow_rate(row["margin"], row["depth"]))
+        # the observed rate per unit time (rate / lr) is at least the bound
+        assert row["rate"] / row["lr_used"] >= row["predicted_rate"]
 
 
 def test_export_round_trips(stored, tmp_path):
