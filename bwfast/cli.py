@@ -622,6 +622,10 @@ def _check_fit_options(args):
             "--force: applies only with --out DIR (it allows replacing files "
             "there); pass --out DIR or drop --force"
         )
+    if args.method == "flow" and args.float32:
+        raise _UsageError(
+            "--method flow: the ODE solver integrates in float64; drop "
+            "--float32 or use --method gd")
     if args.kind is not None and args.target is None:
         raise _UsageError(
             f"--kind {args.kind}: applies only with --target FILE (the shipped "

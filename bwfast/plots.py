@@ -34,7 +34,12 @@ def run_figure(result, target):
     scale = max(abs(result.optimum), t.trace, np.finfo(float).tiny)
     rel = np.abs(gap) / scale
     shown = np.isfinite(rel) & (rel > 0)
-    ax_gap.semilogy(x[shown], rel[shown], color="C0")
+    # markers where the points are few: a single record is still visible
+    mark = "o" if np.count_nonzero(shown) <= 30 else None
+    ax_gap.semilogy(x[shown], rel[shown], color="C0", marker=mark, ms=3)
+    if not shown.any():
+        ax_gap.text(0.5, 0.5, "no finite gap above zero", ha="center",
+                    va="center", transform=ax_gap.transAxes)
     ax_gap.set_xlabel(xlabel)
     ax_gap.set_ylabel("|loss - optimum| / max(optimum, tr Sigma0)")
     rate = result.observed_rate
@@ -72,7 +77,12 @@ def run_figure(result, target):
         xs = np.asarray(result.times if flow else d.steps, dtype=float)
         ok = np.isfinite(bal)
         floor = np.finfo(float).eps * scale
-        ax_bal.semilogy(xs[ok], np.maximum(bal[ok], floor), color="C2")
+        mark = "o" if np.count_nonzero(ok) <= 30 else None
+        ax_bal.semilogy(xs[ok], np.maximum(bal[ok], floor), color="C2",
+                        marker=mark, ms=3)
+        if not ok.any():
+            ax_bal.text(0.5, 0.5, "no finite record", ha="center",
+                        va="center", transform=ax_bal.transAxes)
         ax_bal.set_ylabel("max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F")
         ax_bal.grid(True, which="both", alpha=0.3)
     ax_bal.set_xlabel(xlabel)

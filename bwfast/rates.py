@@ -9,6 +9,8 @@ tuned to each other.
 
 import numpy as np
 
+from ._validate import scalar
+
 __all__ = ["observed_rate", "predicted_flow_rate", "stable_step"]
 
 # Gaps below this multiple of eps times the loss scale are rounding noise,
@@ -31,7 +33,8 @@ def observed_rate(losses, loss_steps, optimum, *, scale=None):
     Parameters
     ----------
     losses, loss_steps : 1-d array_like of equal length
-        Loss history and the step (or time) of each entry, increasing.
+        Loss history and the step (or time) of each entry, strictly
+        increasing.
     optimum : float
         The theoretical optimum (``FitResult.optimum``).
     scale : float, optional
@@ -62,6 +65,10 @@ def observed_rate(losses, loss_steps, optimum, *, scale=None):
     opt = float(optimum)
     if not np.isfinite(opt):
         raise ValueError(f"`optimum` must be finite; got {optimum!r}")
+    if x.size > 1 and not np.all(np.diff(x) > 0):
+        raise ValueError(
+            "`loss_steps` must be strictly increasing (the step or time of "
+            "each recorded loss)")
     finite = np.isfinite(y) & np.isfinite(x)
     x, y = x[finite], y[finite]
     if scale is None:
@@ -92,17 +99,16 @@ def predicted_flow_rate(margin, depth):
     rank. The bound ignores how far above c the singular values stay, so
     observed rates are usually much faster.
 
-    Returns NaN for c <= 0, where the bound says nothing.
+    Returns NaN for c <= 0, where the bound says nothing. ``margin`` must
+    be finite and ``depth`` an integer >= 1.
 
     Examples
     --------
     >>> predicted_flow_rate(1.0, 1), predicted_flow_rate(0.5, 2)
     (4.0, 4.0)
     """
-    c = float(margin)
-    n_layers = int(depth)
-    if n_layers < 1:
-        raise ValueError(f"`depth` must be >= 1; got {depth!r}")
+    c = scalar(margin, "margin")
+    n_layers = scalar(depth, "depth", low=1, integer=True)
     if not c > 0.0:
         return float("nan")
     return 4.0 * n_layers * c ** (2.0 * (n_layers - 1) / n_layers)

@@ -286,6 +286,12 @@ def _initial_weights(init, t, dims, seed, dtype, tau=0.0):
 
 _MAX_COUNT = 2**62
 
+# The gradient flow's loss never rises; a rise between solver points by more
+# than this relative amount plus the loss's rounding error (this many n eps
+# of the loss scale) is the solver's error, not the flow.
+_FLOW_RISE_RTOL = 1e-9
+_FLOW_RISE_ULPS = 100
+
 # A start counts as balanced for the theory's prediction below this relative
 # defect (the balanced initializations reach rounding level, ~1e-15).
 _BALANCED_RTOL = 1e-8
@@ -421,8 +427,13 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
         up to time ``steps * lr``, stopping when the optimality measure
         falls to ``tol``; the loss is recorded at every ``record_every``-th
         solver step, against ``FitResult.times``. The flow runs in float64
-        and conserves balancedness to the solver tolerance.
+        and conserves balancedness to the solver tolerance. Its loss never
+        rises; should the solver's error make it rise between two solver
+        points, the run ends at the last decreasing one with status
+        'step_limit' and says so (lower ``flow_rtol``). The optimality
+        measure is resolved only to about ``flow_rtol``.
     flow_rtol : float, default 1e-10
+        Used by the flow only.
     diagnostics : bool, optional
         Record the theory's quantities (:class:`RunDiagnostics`: gap,
         margin, gradient norm, balancedness defect, alignment, singular
@@ -705,9 +716,34 @@ def _run_flow(prob, theta, lr, steps, tol, every, callback, rtol):
     atol = rtol * max(float(np.abs(theta).max()), 1e-300)
     sol = solve_ivp(rhs, (0.0, t_end), theta, method="DOP853", rtol=rtol,
                     atol=atol, events=converged if tol > 0 else None)
-    wall = time.perf_counter() - start
     ys = sol.y
-    n_steps = ys.shape[1] - 1
+    # Scan the solver's points: the run ends at the first one whose
+    # optimality measure is below tol (the event only sees sign changes
+    # between steps), or where the loss rises, which the exact flow never
+    # does: from there on the solver's error exceeds the loss's changes.
+    n_pts = ys.shape[1]
+    point_loss = np.empty(n_pts)
+    # the loss's own rounding error (the trace form at tau > 0 is accurate
+    # to about n eps times the traces)
+    rounding = _FLOW_RISE_ULPS * t.n * np.finfo(np.float64).eps * prob.scale
+    end, why = n_pts - 1, None
+    for i in range(n_pts):
+        y = np.ascontiguousarray(ys[:, i], dtype=theta.dtype)
+        point_loss[i], _, emeas = prob.forward(y)
+        if emeas < 0.0 or not np.isfinite(point_loss[i]):
+            end, why = i, "overflow"
+            break
+        if i > 0 and point_loss[i] > point_loss[i - 1] * (1 + _FLOW_RISE_RTOL) \
+                + rounding:
+            end, why = i - 1, "rise"
+            break
+        if tol > 0 and K.layer_measure(y, dims, work.pbuf, work.G)[0] <= limit:
+            end, why = i, "converged"
+            break
+    if why is None and sol.status == 1:
+        why = "converged"  # the event: the measure crossed tol at the end
+    wall = time.perf_counter() - start
+    n_steps = end
     keep = np.unique(np.append(np.arange(0, n_steps + 1, every), n_steps))
     losses = np.empty(keep.size)
     rows = np.full((keep.size, prob.ncol), np.nan) if prob.record else None
@@ -715,26 +751,35 @@ def _run_flow(prob, theta, lr, steps, tol, every, callback, rtol):
     for i, col in enumerate(keep):
         y = np.ascontiguousarray(ys[:, col], dtype=theta.dtype)
         losses[i] = prob.record_at(y, rows[i] if prob.record else scratch)
-    final = np.ascontiguousarray(ys[:, -1], dtype=theta.dtype)
-    theta[:] = final
-    loss, _, _ = prob.forward(theta)
-    meas = K.layer_measure(theta, dims, work.pbuf, work.G)[0] / prob.scale
-    if not np.isfinite(loss):
+    theta[:] = ys[:, end]
+    loss, _, emeas = prob.forward(theta)
+    meas = (K.layer_measure(theta, dims, work.pbuf, work.G)[0] / prob.scale
+            if emeas >= 0.0 else np.nan)
+    at = float(sol.t[end])
+    if sol.status == -1:
         status = Status.DIVERGED
-    elif sol.status == 1 or meas <= tol:
+        message = f"the ODE solver failed at time {sol.t[-1]:.4g}: {sol.message}"
+    elif why == "overflow":
+        status = Status.DIVERGED
+        message = f"the weights overflowed at time {at:.4g}"
+    elif why == "converged":
         status = Status.CONVERGED
+        message = (f"gradient flow converged at time {at:.4g} after {n_steps} "
+                   f"solver steps: optimality measure {meas:.2e} reached tol "
+                   f"{tol:.1e}")
+    elif why == "rise":
+        status = Status.STEP_LIMIT
+        message = (f"the loss rose after time {at:.4g} (solver step {n_steps}), "
+                   f"which the flow itself never does: the solver's error at "
+                   f"flow_rtol = {rtol:.0e} exceeds the loss's changes there; the "
+                   f"run ends at the last decreasing point with optimality "
+                   f"measure {meas:.2e} > tol {tol:.1e}; lower flow_rtol")
     else:
         status = Status.STEP_LIMIT
-    if sol.status == -1:
-        message = f"the ODE solver failed: {sol.message}"
-        status = Status.DIVERGED
-    elif status is Status.CONVERGED:
-        message = (f"gradient flow converged at time {sol.t[-1]:.4g} after "
-                   f"{n_steps} solver steps: optimality measure {meas:.2e} <= "
-                   f"tol {tol:.1e}")
-    else:
-        message = (f"gradient flow reached time {t_end:.4g} (steps * lr) with "
-                   f"optimality measure {meas:.2e} > tol {tol:.1e}; raise steps")
+        message = (f"gradient flow reached time {at:.4g} (steps * lr) with "
+                   f"optimality measure {meas:.2e} > tol {tol:.1e}; raise steps, "
+                   f"or lower flow_rtol = {rtol:.0e} (the solver resolves the "
+                   "measure only to about flow_rtol)")
     return prob.result(
         theta, losses=losses, rec=keep.astype(np.int64), rows=rows,
         times=np.ascontiguousarray(sol.t[keep]), status=status, done=n_steps,

@@ -95,4 +95,4 @@ def test_flow_refuses_float32(capsys):
     code, _, err = run(capsys, "fit", "--method", "flow", "--float32",
                        "--steps", "5", "--quiet")
     assert code == 2
-    assert "float64" in err
+    assert "float64" in err and "--float32" in err

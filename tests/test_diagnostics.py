@@ -147,6 +147,23 @@ def test_flow_reaches_optimum(tau):
     assert res.loss == pytest.approx(optimal_loss(t, 2, tau), rel=1e-8)
 
 
+def test_flow_with_a_loose_tolerance_ends_where_the_loss_would_rise():
+    rng = np.random.default_rng(3)
+    Q = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    S0 = (Q * np.array([4.0, 3.0, 2.0, 1.0])) @ Q.T
+    loose = fit(S0, (4, 4, 4, 4), init="margin", method="flow",
+                flow_rtol=1e-6, steps=3000, record_every=1)
+    assert loose.status is Status.STEP_LIMIT
+    assert "the loss rose" in loose.message and "lower flow_rtol" in loose.message
+    assert np.all(np.diff(loose.losses) <= 0)  # the history is the flow's
+    assert not loose.observed_rate < 0
+    tight = fit(S0, (4, 4, 4, 4), init="margin", method="flow", steps=3000,
+                record_every=1)
+    assert tight.status is Status.CONVERGED, tight.message
+    assert np.all(np.diff(tight.losses) <= 1e-9 * tight.losses[:-1])
+    assert tight.observed_time_rate >= tight.predicted_rate > 0
+
+
 def test_flow_bad_arguments():
     S0 = spd(9, 3)
     with pytest.raises(ValueError, match="`method`"):
@@ -212,6 +229,24 @@ def test_observed_rate_edge_cases():
         observed_rate([1.0, 2.0], [0], 0.0)
     with pytest.raises(ValueError, match="`optimum`"):
         observed_rate([1.0, 2.0], [0, 1], np.nan)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        observed_rate([1.0, 0.5, 0.25, 0.125], [0, 0, 0, 0], 0.0)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        observed_rate([1.0, 0.5, 0.25], [2, 1, 0], 0.0)
+
+
+@pytest.mark.parametrize("margin, depth, exc, text", [
+    (0.5, 2.5, TypeError, "`depth` must be an integer"),
+    (0.5, True, TypeError, "`depth`"),
+    (0.5, np.nan, TypeError, "`depth`"),
+    (0.5, 0, ValueError, "`depth` must be >= 1"),
+    (np.nan, 2, ValueError, "`margin` must be finite"),
+    (np.inf, 2, ValueError, "`margin` must be finite"),
+])
+def test_predicted_flow_rate_validates(margin, depth, exc, text):
+    with pytest.raises(exc, match=text):
+        bwfast.predicted_flow_rate(margin, depth)
+    assert np.isnan(bwfast.predicted_flow_rate(-0.1, 3))
 
 
 # ------------------------------------------------------- the two losses
