@@ -902,10 +902,18 @@ def _run_critical_points(args):
         raise _UsageError(
             f"--k must be <= n = {target.n} (the target dimension); got {args.k}"
         )
-    total = theory.count_critical_points(target, args.k, args.tau)
-    best = next(theory.critical_points(target, args.k, args.tau))
-    points = list(theory.critical_points(
-        target, args.k, args.tau, max_count=args.max_count, order=args.order))
+    if args.tau > theory._MAX_TAU:
+        raise _UsageError(
+            f"--tau must be <= {theory._MAX_TAU:g}, the scale limit of targets "
+            f"(losses of the order of n tau overflow); got {args.tau:g}"
+        )
+    try:
+        total = theory.count_critical_points(target, args.k, args.tau)
+        best = next(theory.critical_points(target, args.k, args.tau))
+        points = list(theory.critical_points(
+            target, args.k, args.tau, max_count=args.max_count, order=args.order))
+    except ValueError as exc:  # bad input the checks above did not name
+        raise _UsageError(_one_line(exc)) from exc
     rows = [
         {"index_set": list(p.index_set), "rank": p.rank, "loss": p.loss,
          "relative_gap": p.relative_gap, "dimension": p.dimension,

@@ -4,13 +4,21 @@ initializations of :func:`bwfast.fit`."""
 
 import heapq
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._validate import scalar
 from .linalg import bures_wasserstein, bures_wasserstein_squared
-from .network import Target, as_target, balanced_weights, check_weights, end_to_end
+from .network import (
+    _MAX_SCALE,
+    Target,
+    as_target,
+    balanced_weights,
+    check_weights,
+    end_to_end,
+)
 from .train import _check_widths
 
 __all__ = [
@@ -31,6 +39,11 @@ __all__ = [
 # n); genuinely distinct eigenvalues this close make the critical points
 # ill-determined anyway.
 TIE_RTOL = 1e-9
+
+# The largest tau accepted: the scale limit of targets (and of fit, which
+# refuses largest eigenvalue + tau above it). Losses are sums of n terms of
+# the order of tau, so a tau near float64's limit overflows them.
+_MAX_TAU = _MAX_SCALE
 
 ORDERS = ("loss", "size")
 INITS = ("balanced", "margin", "orthogonal", "gaussian")
@@ -115,18 +128,14 @@ class _Landscape:
         k = scalar(k, "k", low=0, integer=True)
         if k > t.n:
             raise ValueError(f"`k` must be <= n = {t.n}; got {k}")
-        tau = scalar(tau, "tau", low=0.0)
+        tau = _check_tau(tau)
         lam = t.eigvals
         self.t, self.k, self.tau = t, k, tau
         # only eigenvalues above tau give a PSD Sigma_J; one equal to tau
         # (or a zero eigenvalue at tau = 0) adds nothing to Sigma_J
         self.m = int(np.count_nonzero(lam > tau))
         self.p = min(k, self.m)
-        # (sqrt(lam) - sqrt(tau))^2 as (d / s)^2: no cancellation near tau
-        if tau == 0.0:
-            self.terms = lam.copy()
-        else:
-            self.terms = ((lam - tau) / (np.sqrt(lam) + math.sqrt(tau))) ** 2
+        self.terms = _terms(lam, tau)
         self.groups = _tie_groups(lam[: self.m])
         self.sizes = [hi - lo for lo, hi in self.groups]
         self.top = self._greedy(self.p)
@@ -173,6 +182,25 @@ class _Landscape:
                         new[deg + j] += c
             poly = new
         return sum(poly)
+
+
+def _check_tau(tau):
+    tau = scalar(tau, "tau", low=0.0)
+    if tau > _MAX_TAU:
+        raise ValueError(
+            f"`tau` must be <= {_MAX_TAU:g}, the scale limit of targets and of "
+            f"fit (losses of the order of n tau overflow near float64's "
+            f"limit); got {tau:g}"
+        )
+    return tau
+
+
+def _terms(lam, tau):
+    """(sqrt(lam) - sqrt(tau))^2 elementwise, formed as ((lam - tau) /
+    (sqrt(lam) + sqrt(tau)))^2: no cancellation near tau."""
+    if tau == 0.0:
+        return np.array(lam, dtype=np.float64)
+    return ((lam - tau) / (np.sqrt(lam) + math.sqrt(tau))) ** 2
 
 
 def _tie_groups(lam):
@@ -366,6 +394,16 @@ def realize(point, widths, *, seed=0):
     :func:`loss_and_grad` then warns and returns its minimum-norm
     subgradient, which is zero there too.
 
+    Every point but the global minimum is a saddle, and an unstable one:
+    gradient descent started exactly at realized saddle weights stays there
+    only while the rounding error of the start (about 1e-16) is small, as
+    the descent amplifies it exponentially. On an O(1) 5 x 5 target, widths
+    (5, 3, 3, 5) and the default step size, the weights move by about 1e-14
+    in 50 steps and 1e-8 in 200, and the run has left the saddle (lower
+    loss, another nearest critical point) after a few hundred steps; at
+    tau = 0.3 the growth is slower (1e-10 after 400 steps). So such a run
+    stays at the saddle, to near rounding level, for tens of steps only.
+
     Parameters
     ----------
     point : CriticalPoint
@@ -453,12 +491,24 @@ class Classification:
     tau: float
 
 
-def _weights_and_tau(obj, tau, n):
-    """(layers, tau, k) from a FitResult-like object or a sequence of layers."""
+def _weights_and_tau(obj, tau, n, name):
+    """(W, tau, k) from a FitResult-like object, a sequence of layers or one
+    matrix; ``name`` is the caller's argument, for the messages."""
     weights = getattr(obj, "weights", obj)
     if tau is None:
         tau = getattr(obj, "tau", 0.0)
-    tau = scalar(tau, "tau", low=0.0)
+    tau = _check_tau(tau)
+    # an array that is neither one matrix nor a stack of layers would be
+    # iterated entry by entry (a 1-D array as "layers" of shape ())
+    if isinstance(weights, (list, tuple)) and weights and all(
+        isinstance(w, numbers.Number) for w in weights
+    ):
+        weights = np.asarray(weights)
+    rule = f"`{name}` must be one (n, d_0) matrix W or a sequence of 2-D layers"
+    if isinstance(weights, numbers.Number):
+        raise TypeError(f"{rule}; got {weights!r}")
+    if isinstance(weights, np.ndarray) and weights.ndim not in (2, 3):
+        raise ValueError(f"{rule}; got an array of shape {weights.shape}")
     ws, dims, _ = check_weights(weights, n)
     W = end_to_end([np.asarray(w, dtype=np.float64) for w in ws])
     return W, tau, int(dims.min())
@@ -502,7 +552,8 @@ def classify(result_or_weights, target, tau=None):
     ((1,), False, 0.04)
     """
     t = as_target(target)
-    W, tau, k = _weights_and_tau(result_or_weights, tau, t.n)
+    W, tau, k = _weights_and_tau(result_or_weights, tau, t.n,
+                                  "result_or_weights")
     land = _Landscape(t, k, tau)
     Y = t.eigvecs.T @ W  # rows: W in the target's eigenbasis
     cost, where = [], []
@@ -551,7 +602,10 @@ def margin(weights_or_W, target, tau=None):
     min(n, d_0)). When c > 0 the singular values of W stay away from zero
     along gradient flow and it converges exponentially. Since
     BW >= sqrt(optimal_loss), c > 0 is only possible when
-    optimal_loss(target, k, tau) < lambda_k (always for k = n, tau = 0).
+    optimal_loss(target, k, tau) < lambda_k. At tau = 0 that holds for
+    k = rank of the target (where optimal_loss = 0), for instance k = n for
+    a positive definite target, but not for k = n with a singular one
+    (lambda_n = 0).
 
     Parameters
     ----------
@@ -574,7 +628,7 @@ def margin(weights_or_W, target, tau=None):
     1.0
     """
     t = as_target(target)
-    W, tau, k = _weights_and_tau(weights_or_W, tau, t.n)
+    W, tau, k = _weights_and_tau(weights_or_W, tau, t.n, "weights_or_W")
     S = W @ W.T
     bw = float(bures_wasserstein(0.5 * (S + S.T) + tau * np.eye(t.n), t.cov))
     return math.sqrt(float(t.eigvals[k - 1])) - bw
@@ -597,9 +651,14 @@ def init_weights(init, target, widths, *, tau=0.0, seed=0):
       t = c_max / 4, c_max = sqrt(lambda_k) - sqrt(optimal_loss), then cut
       to rank k and factored by :func:`balanced_weights`. Exactly balanced,
       rank k almost surely, and margin c >= c_max / 2 > 0 (the cut moves W
-      by at most t more, and BW is 1-Lipschitz in W); ValueError when
-      c_max <= 0, i.e. optimal_loss >= lambda_k, where no W has c > 0. Not
-      scaled to the energy: it sits within c_max / 2 of the optimum.
+      by at most t more, and BW is 1-Lipschitz in W). ValueError unless
+      c_max is clearly positive: it must stay > 0 when every eigenvalue
+      moves by n eps lambda_1, the rounding error of a computed spectrum
+      (so a c_max that is 0 in exact arithmetic, such as lambda_k =
+      optimal_loss, is refused whatever its rounding gives); where
+      optimal_loss >= lambda_k no W has c > 0. The message names the
+      nearest bottleneck widths k that have a margin. Not scaled to the
+      energy: it sits within c_max / 2 of the optimum.
     - 'orthogonal': W_j = alpha Q_j with Q_j a Haar random matrix with
       orthonormal columns (d_j >= d_{j-1}) or rows, and one alpha for all
       layers setting the energy exactly. Every layer has all singular
@@ -639,7 +698,7 @@ def init_weights(init, target, widths, *, tau=0.0, seed=0):
     if not isinstance(init, str) or init not in INITS:
         raise ValueError(f"`init` must be one of {INITS}; got {init!r}")
     dims = np.array(_dims(widths, t.n), dtype=np.int64)
-    tau = scalar(tau, "tau", low=0.0)
+    tau = _check_tau(tau)
     if seed is not None:
         seed = scalar(seed, "seed", low=0, integer=True)
     make = {"balanced": _balanced, "margin": _margin, "orthogonal": _orthogonal,
@@ -664,16 +723,61 @@ def _balanced(t, dims, seed, tau):
     return balanced_weights(W, [int(d) for d in dims], seed=seed)
 
 
+def _c_max(lam, k, tau):
+    """(c_max, lower): c_max = sqrt(lambda_k) - sqrt(optimal_loss) for rank
+    bound k >= 1, and the least value it takes when every eigenvalue moves
+    by delta = n eps lambda_1, the rounding error of a computed spectrum
+    (the cutoff below which :class:`Target` sets eigenvalues to zero).
+
+    The optimum is the sum of the terms (sqrt(lambda_i) - sqrt(tau))^2 of
+    the eigenvalues after the top p = min(k, #{lambda_i > tau}); each term
+    is convex in lambda_i, so its largest value over lambda_i +- delta is at
+    an end. The lower value is therefore sqrt(lambda_k - delta) -
+    sqrt(sum of those largest terms), and c_max is positive beyond its
+    rounding error exactly when that is > 0. (An eigenvalue within delta of
+    tau might also swap in or out of the top p, changing the optimum by
+    a term of at most delta^2 / (4 tau): far below delta, ignored.)
+    """
+    n = lam.size
+    delta = n * np.finfo(np.float64).eps * float(lam[0])
+    p = min(k, int(np.count_nonzero(lam > tau)))
+    rest = lam[p:]
+    c = math.sqrt(float(lam[k - 1])) - math.sqrt(math.fsum(_terms(rest, tau)))
+    worst = np.maximum(_terms(np.maximum(rest - delta, 0.0), tau),
+                       _terms(rest + delta, tau))
+    lower = (math.sqrt(max(float(lam[k - 1]) - delta, 0.0))
+             - math.sqrt(math.fsum(worst)))
+    return c, lower
+
+
 def _margin(t, dims, seed, tau):
     k = int(min(dims))
     land = _Landscape(t, k, tau)
-    c_max = math.sqrt(float(t.eigvals[k - 1])) - math.sqrt(land.optimum)
-    if not c_max > 0:
+    c_max, lower = _c_max(t.eigvals, k, tau)
+    if not lower > 0:
+        ok = [j for j in range(1, t.n + 1) if _c_max(t.eigvals, j, tau)[1] > 0]
+        narrower = [j for j in ok if j < k]
+        wider = [j for j in ok if j > k]
+        hint = [f"k = {narrower[-1]}"] if narrower else []
+        hint += [f"k = {wider[0]}"] if wider else []
+        kinds = " or ".join((["a narrower"] if narrower else [])
+                            + (["a wider"] if wider else []))
+        where = (
+            f"{kinds} bottleneck ({' or '.join(hint)}) has one for this target "
+            "and tau"
+            if hint
+            else f"no bottleneck k = 1 .. {t.n} has one for this target and tau"
+        )
+        why = (
+            f"{c_max:.3g} <= 0, so no weights have margin c > 0" if c_max <= 0
+            else f"{c_max:.3g}, within its rounding error {c_max - lower:.2g} "
+            "of zero (eigenvalues are known to n eps lambda_1), so no weights "
+            "are known to have margin c > 0"
+        )
         raise ValueError(
-            f"`init` 'margin' needs optimal_loss < lambda_k for k = {k} (min "
-            f"width) and tau = {tau:g}: sqrt(lambda_k) - sqrt(optimal_loss) = "
-            f"{c_max:.3g}, so no weights have margin c > 0; use a wider "
-            "bottleneck (k = n always works at tau = 0)"
+            f"`init` 'margin' needs c_max = sqrt(lambda_k) - sqrt(optimal_loss) "
+            f"clearly > 0 for k = {k} (min width) and tau = {tau:g}; got {why}; "
+            f"{where}"
         )
     rng = np.random.default_rng(seed)
     best = land.point(land.top)

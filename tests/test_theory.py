@@ -245,8 +245,10 @@ def test_a_saddle_holds_and_a_perturbation_leaves_it(target, tau):
     assert not saddle.is_global_minimum
     ws = realize(saddle, widths, seed=6)
     # The saddle is unstable: gradient descent amplifies the rounding error
-    # of the start exponentially (by about 1e3 per 50 steps here), so the
-    # iterates stay at the saddle, to 1e-11, for tens of steps only.
+    # of the start exponentially (at tau = 0 by about 1e2 per 50 steps
+    # here, from 1e-14 after 50 steps to 1e-8 after 200; the run leaves the
+    # saddle after a few hundred), so "stays there" holds to 1e-11 for
+    # tens of steps only: 20 are checked.
     held = fit(target, widths, tau=tau, init=ws, steps=20, tol=0.0)
     assert held.steps == 20
     assert max(float(np.abs(a - b).max()) for a, b in zip(held.weights, ws)) < 1e-11
@@ -301,10 +303,82 @@ def test_margin_init_has_positive_margin(target, tau):
 
 def test_margin_init_refuses_where_no_margin_exists(target):
     # k = 2: optimal_loss = 1.1 + 0.7 + 0.4 = 2.2 > lambda_2 = 1.6
-    with pytest.raises(ValueError, match="`init` 'margin' needs optimal_loss"):
+    with pytest.raises(ValueError, match=r"`init` 'margin' needs c_max = "
+                       r"sqrt\(lambda_k\) - sqrt\(optimal_loss\) clearly > 0 "
+                       r"for k = 2 .* got -0.218 <= 0"):
         init_weights("margin", target, (5, 2, 5))
     with pytest.raises(ValueError, match="margin"):
         fit(target, (5, 2, 5), init="margin")
+
+
+def test_margin_init_refuses_a_margin_of_rounding_noise():
+    # lambda_2 = 3 = lambda_3 + lambda_4 = optimal_loss for k = 2: c_max is 0
+    # in exact arithmetic; rotated, the computed spectrum makes it 4.4e-16
+    lam = np.array([4.0, 3.0, 2.0, 1.0])
+    Q = random_orthogonal(np.random.default_rng(5), 4)
+    rotated = Target((Q * lam) @ Q.T)
+    noise = math.sqrt(rotated.eigvals[1]) - math.sqrt(optimal_loss(rotated, 2))
+    assert 0 < noise < 1e-14  # what the refusal must see through
+    with pytest.raises(ValueError, match=r"clearly > 0 for k = 2 .* got "
+                       r"4.4\de-16, within its rounding error .* so no weights "
+                       r"are known to have margin c > 0; a wider bottleneck "
+                       r"\(k = 3\)"):
+        init_weights("margin", rotated, (4, 2, 4))
+    # the diagonal form computes c_max = 0 exactly
+    with pytest.raises(ValueError, match=r"clearly > 0 for k = 2 .* got 0 <= 0"):
+        init_weights("margin", np.diag(lam), (4, 2, 4))
+    # k = 3: c_max = sqrt(2) - 1 is accepted, with the documented margin
+    for t in (rotated, Target(np.diag(lam))):
+        ws = init_weights("margin", t, (4, 3, 4), seed=0)
+        assert margin(ws, t) >= 0.5 * (math.sqrt(2.0) - 1.0)
+
+
+def test_margin_init_refusal_names_widths_that_work():
+    # singular target: k = n = 4 has lambda_4 = 0 and no margin, k = 3 =
+    # rank has optimal_loss = 0 and one (so "k = n always works" is false)
+    t = Target(np.diag([3.0, 2.0, 1.0, 0.0]))
+    with pytest.raises(ValueError) as info:
+        init_weights("margin", t, (4, 4, 4))
+    text = str(info.value)
+    assert "got 0 <= 0, so no weights have margin c > 0" in text
+    assert text.endswith("a narrower bottleneck (k = 3) has one for this target "
+                         "and tau")
+    assert "k = n" not in text
+    assert margin(init_weights("margin", t, (4, 3, 4)), t) >= 0.5
+    # both directions (k = 1: sqrt(10) > sqrt(3.5); k = 2, 3: 1 < sqrt(2.5),
+    # sqrt(1.5); k = 4: 1 > sqrt(0.5)), and none at all
+    with pytest.raises(ValueError, match=r"a narrower or a wider bottleneck "
+                       r"\(k = 1 or k = 4\)"):
+        init_weights("margin", np.diag([10.0, 1.0, 1.0, 1.0, 0.5]), (5, 2, 5))
+    with pytest.raises(ValueError, match=r"no bottleneck k = 1 \.\. 4 has one"):
+        init_weights("margin", np.eye(4), (4, 4, 4), tau=3.5)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda t, tau: list(critical_points(t, 2, tau)),
+        lambda t, tau: count_critical_points(t, 2, tau),
+        lambda t, tau: classify([np.eye(4)[:, :2]], t, tau=tau),
+        lambda t, tau: margin(np.eye(4), t, tau=tau),
+        lambda t, tau: init_weights("margin", t, (4, 4, 4), tau=tau),
+        lambda t, tau: init_weights("gaussian", t, (4, 4, 4), tau=tau),
+    ],
+)
+def test_huge_tau_is_refused_not_overflowed(call):
+    t = Target(np.diag([4.0, 3.0, 2.0, 1.0]))
+    for tau in (1e308, 1.0000000000000002e150):
+        with pytest.raises(ValueError, match=r"^`tau` must be <= 1e\+150, the "
+                           r"scale limit .*; got 1e\+(308|150)$"):
+            call(t, tau)
+
+
+def test_tau_at_the_limit_is_finite():
+    t = Target(np.diag([4.0, 3.0, 2.0, 1.0]))
+    (point,) = critical_points(t, 2, 1e150)  # every eigenvalue is below tau
+    assert point.index_set == () and math.isfinite(point.loss)
+    assert point.loss == pytest.approx(optimal_loss(t, 2, 1e150), rel=1e-12)
+    assert math.isfinite(margin(np.eye(4), t, tau=1e150))
 
 
 @pytest.mark.parametrize("widths", [(5, 3, 3, 5), (5, 5, 5), (4, 2, 3, 5)])
@@ -382,6 +456,17 @@ def test_inits_are_seeded_and_what_fit_starts_from(target, name):
         (lambda t: classify([np.ones((4, 3))], t), ValueError, "n = 5"),
         (lambda t: classify([np.ones((5, 3))], t, tau=-1.0), ValueError, "`tau`"),
         (lambda t: margin(np.ones((5, 3)), t, tau=-1.0), ValueError, "`tau`"),
+        # a 1-D array is neither one matrix W nor a list of layers
+        (lambda t: margin(np.ones(5), t), ValueError,
+         r"`weights_or_W` must be one \(n, d_0\) matrix W or a sequence of "
+         r"2-D layers; got an array of shape \(5,\)"),
+        (lambda t: margin([1.0, 2.0], t), ValueError,
+         r"`weights_or_W` .* got an array of shape \(2,\)"),
+        (lambda t: margin(2.0, t), TypeError, "`weights_or_W` .* got 2.0"),
+        (lambda t: classify(np.ones(5), t), ValueError,
+         r"`result_or_weights` .* got an array of shape \(5,\)"),
+        (lambda t: classify(np.ones((1, 1, 1, 5)), t), ValueError,
+         r"`result_or_weights` .* shape \(1, 1, 1, 5\)"),
         (lambda t: init_weights("uniform", t, (5, 2, 5)), ValueError, "`init`"),
         (lambda t: init_weights(3, t, (5, 2, 5)), ValueError, "`init`"),
         (lambda t: init_weights("gaussian", t, (5, 2, 5), seed=-1), ValueError,
@@ -454,6 +539,7 @@ def test_cli_critical_points_json_default_target(capsys):
         (["--k", "65"], "--k must be <= n = 64"),
         (["--k", "-1"], "--k"),
         (["--k", "2", "--tau", "-1"], "--tau"),
+        (["--k", "2", "--tau", "1e308"], "--tau must be <= 1e+150"),
         (["--k", "2", "--max-count", "x"], "--max-count"),
         (["--k", "2", "--kind", "cov"], "--kind"),
         (["--k", "2", "--target", "default", "--kind", "cov"], "--kind"),
