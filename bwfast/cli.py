@@ -882,6 +882,7 @@ def _add_critical_points(commands):
 
 def _run_critical_points(args):
     from bwfast import theory
+    from bwfast.network import check_tau
 
     if args.target == "default":
         if args.kind is not None:
@@ -902,11 +903,10 @@ def _run_critical_points(args):
         raise _UsageError(
             f"--k must be <= n = {target.n} (the target dimension); got {args.k}"
         )
-    if args.tau > theory._MAX_TAU:
-        raise _UsageError(
-            f"--tau must be <= {theory._MAX_TAU:g}, the scale limit of targets "
-            f"(losses of the order of n tau overflow); got {args.tau:g}"
-        )
+    try:
+        check_tau(args.tau)
+    except ValueError as exc:
+        raise _UsageError(_one_line(exc).replace("`tau`", "--tau")) from exc
     try:
         total = theory.count_critical_points(target, args.k, args.tau)
         best = next(theory.critical_points(target, args.k, args.tau))

@@ -8,7 +8,7 @@ import numpy as np
 from . import _kernels as K
 from ._errors import BWLinAlgError
 from ._validate import as_float_array, check_finite, scalar
-from .network import as_target, check_weights, loss_code, rank_rtol
+from .network import as_target, check_tau, check_weights, loss_code, rank_rtol
 
 __all__ = ["hessian_vector_product", "hessian", "hessian_extremes"]
 
@@ -36,7 +36,7 @@ class _Curvature:
 
     def __init__(self, weights, target, tau, loss="bw"):
         t = as_target(target)
-        self.tau = tau = scalar(tau, "tau", low=0.0)
+        self.tau = tau = check_tau(tau)
         self.code = loss_code(loss)
         ws, dims, _ = check_weights(weights, t.n)
         # float32 layers are upcast: second derivatives lose too many digits

@@ -137,6 +137,20 @@ class Target:
         return f"Target(n={self.n}, rank={self.rank}, trace={self.trace:.6g})"
 
 
+def check_tau(tau):
+    """tau as a float: finite, >= 0 and at most the scale limit of targets
+    (1e150): losses are sums of n terms of the order of tau, so a tau near
+    float64's limit would overflow them."""
+    tau = scalar(tau, "tau", low=0.0)
+    if tau > _MAX_SCALE:
+        raise ValueError(
+            f"`tau` must be <= {_MAX_SCALE:g}, the scale limit of targets "
+            f"(losses of the order of n tau overflow near float64's limit); "
+            f"got {tau:g}"
+        )
+    return tau
+
+
 def as_target(target):
     """A Target, built from a covariance array when needed."""
     return target if isinstance(target, Target) else Target(target)
@@ -269,7 +283,7 @@ def loss_and_grad(weights, target, tau=0.0, loss="bw"):
     (0.0, True)
     """
     t = as_target(target)
-    tau = scalar(tau, "tau", low=0.0)
+    tau = check_tau(tau)
     code = loss_code(loss)
     ws, dims, dtype = check_weights(weights, t.n)
     theta = pack(ws, dtype)
@@ -313,7 +327,7 @@ def optimal_loss(target, k, tau=0.0, loss="bw"):
     """
     t = as_target(target)
     k = scalar(k, "k", low=0, integer=True)
-    tau = scalar(tau, "tau", low=0.0)
+    tau = check_tau(tau)
     code = loss_code(loss)
     if k > t.n:
         raise ValueError(f"`k` must be <= n = {t.n}; got {k}")

@@ -12,10 +12,10 @@ import numpy as np
 from ._validate import scalar
 from .linalg import bures_wasserstein, bures_wasserstein_squared
 from .network import (
-    _MAX_SCALE,
     Target,
     as_target,
     balanced_weights,
+    check_tau,
     check_weights,
     end_to_end,
 )
@@ -40,10 +40,6 @@ __all__ = [
 # ill-determined anyway.
 TIE_RTOL = 1e-9
 
-# The largest tau accepted: the scale limit of targets (and of fit, which
-# refuses largest eigenvalue + tau above it). Losses are sums of n terms of
-# the order of tau, so a tau near float64's limit overflows them.
-_MAX_TAU = _MAX_SCALE
 
 ORDERS = ("loss", "size")
 INITS = ("balanced", "margin", "orthogonal", "gaussian")
@@ -128,7 +124,7 @@ class _Landscape:
         k = scalar(k, "k", low=0, integer=True)
         if k > t.n:
             raise ValueError(f"`k` must be <= n = {t.n}; got {k}")
-        tau = _check_tau(tau)
+        tau = check_tau(tau)
         lam = t.eigvals
         self.t, self.k, self.tau = t, k, tau
         # only eigenvalues above tau give a PSD Sigma_J; one equal to tau
@@ -182,17 +178,6 @@ class _Landscape:
                         new[deg + j] += c
             poly = new
         return sum(poly)
-
-
-def _check_tau(tau):
-    tau = scalar(tau, "tau", low=0.0)
-    if tau > _MAX_TAU:
-        raise ValueError(
-            f"`tau` must be <= {_MAX_TAU:g}, the scale limit of targets and of "
-            f"fit (losses of the order of n tau overflow near float64's "
-            f"limit); got {tau:g}"
-        )
-    return tau
 
 
 def _terms(lam, tau):
@@ -497,7 +482,7 @@ def _weights_and_tau(obj, tau, n, name):
     weights = getattr(obj, "weights", obj)
     if tau is None:
         tau = getattr(obj, "tau", 0.0)
-    tau = _check_tau(tau)
+    tau = check_tau(tau)
     # an array that is neither one matrix nor a stack of layers would be
     # iterated entry by entry (a 1-D array as "layers" of shape ())
     if isinstance(weights, (list, tuple)) and weights and all(
@@ -698,7 +683,7 @@ def init_weights(init, target, widths, *, tau=0.0, seed=0):
     if not isinstance(init, str) or init not in INITS:
         raise ValueError(f"`init` must be one of {INITS}; got {init!r}")
     dims = np.array(_dims(widths, t.n), dtype=np.int64)
-    tau = _check_tau(tau)
+    tau = check_tau(tau)
     if seed is not None:
         seed = scalar(seed, "seed", low=0, integer=True)
     make = {"balanced": _balanced, "margin": _margin, "orthogonal": _orthogonal,

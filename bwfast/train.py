@@ -15,6 +15,7 @@ from ._validate import scalar
 from .network import (
     Workspace,
     as_target,
+    check_tau,
     check_weights,
     loss_code,
     optimal_loss,
@@ -467,7 +468,7 @@ def fit(target, widths, *, tau=0.0, lr=None, steps=100_000, tol=None,
     """
     t = as_target(target)
     dims = _check_widths(widths, t.n)
-    tau = scalar(tau, "tau", low=0.0)
+    tau = check_tau(tau)
     kind = loss_code(loss)
     steps = scalar(steps, "steps", low=0, integer=True)
     every = scalar(record_every, "record_every", low=1, integer=True)
