@@ -211,6 +211,19 @@ class Store:
             "SELECT run_id, idx, params FROM configs ORDER BY idx")
         return [(rid, idx, json.loads(params)) for rid, idx, params in rows]
 
+    def count_configs(self):
+        """The number of configurations."""
+        return self.conn.execute("SELECT COUNT(*) FROM configs").fetchone()[0]
+
+    def config_ids(self):
+        """{run_id} of the configurations."""
+        return {rid for (rid,) in self.conn.execute("SELECT run_id FROM configs")}
+
+    def status_counts(self):
+        """{status: number of stored runs}."""
+        return dict(self.conn.execute(
+            "SELECT status, COUNT(*) FROM runs GROUP BY status"))
+
     def finished(self):
         """{run_id: status} of the runs with a stored result."""
         return dict(self.conn.execute("SELECT run_id, status FROM runs"))

@@ -1123,15 +1123,25 @@ sweep is refused unless --new-store (the old store is kept as
 sweep.K.sqlite). The sweep file format is documented in bwfast.sweep.
 """
 
-_SWEEP_EPILOG = """\
+# A sweep that ran to its end with some runs stored as 'failed' (a value
+# no exit code of 'bwfast fit' uses).
+EXIT_RUNS_FAILED = 6
+
+_SWEEP_EPILOG = f"""\
 exit codes:
-  0    every configuration has a stored result (failed runs included); or
-       the export, plot or summary was written
+  0    every configuration has a stored result, none of them 'failed'; or
+       the export, plot or summary of a DIR was written
   1    runtime failure (a worker died, a result could not be written)
   2    bad usage or bad input (sweep file, options, a DIR holding another
        sweep's store, an option whose package is not installed)
+  {EXIT_RUNS_FAILED}    every configuration has a stored result, but some runs are
+       stored as 'failed' (their error is the 'message' column;
+       --retry-failed computes them again); --export and --plot files
+       were still written
   130  interrupted (the runs stored so far are kept; run the same command
        again to resume)
+
+A command that fails before its first run leaves --out as it was.
 """
 
 _SWEEP_RUN_OPTIONS = ("out", "workers", "scheduler", "dask_local", "new_store",
@@ -1233,6 +1243,8 @@ def _run_sweep(args):
         _stdout(json.dumps(_jsonable(summary), indent=2), "the summary")
     else:
         _stdout(_format_sweep_summary(summary), "the summary")
+    if mode == "run" and summary["counts"].get("failed"):
+        return EXIT_RUNS_FAILED
     return EXIT_OK
 
 
@@ -1255,6 +1267,12 @@ def _check_sweep_options(args, mode):
                           "results go to DIR/sweep.sqlite)")
     if args.scheduler is not None and args.dask_local:
         raise _UsageError("--scheduler and --dask-local: choose one")
+    if args.scheduler is not None:
+        from bwfast.sweep import scheduler_problem
+
+        problem = scheduler_problem(args.scheduler)
+        if problem:
+            raise _UsageError(f"--scheduler {problem}")
     if args.scheduler is not None and args.workers is not None:
         raise _UsageError("--workers: the cluster of --scheduler has its own "
                           "workers; drop --workers")
@@ -1343,7 +1361,8 @@ def _sweep_run(args, source):
     if args.dry_run:
         lines = [f"sweep '{spec.name}' ({source}): {len(spec)} runs"]
         for key, values in spec.axes().items():
-            lines.append(f"  {key:<14}{', '.join(_sweep_value(v) for v in values)}")
+            lines.append(f"  {key:<14}"
+                         f"{', '.join(_sweep_value(v, key) for v in values)}")
         _stdout("\n".join(lines), "the summary")
         return None
     out = Path(args.out)
@@ -1415,7 +1434,9 @@ def _sweep_write(kind, store_dir, path, args):
     return str(path)
 
 
-def _sweep_value(value):
+def _sweep_value(value, key):
+    if value is None:  # lr, tol: fit's choice; others: not for some targets
+        return "default" if key in ("lr", "tol") else "n/a"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -1426,7 +1447,10 @@ def _format_sweep_summary(s):
             ("runs", f"{s['total']}"),
             ("results", counts or "none yet"),
             ("missing", f"{s['missing']}")]
-    if "computed" in s:
+    if "computed" in s and not s["computed"]:
+        rows.insert(3, ("this time", f"nothing to compute: all {s['total']} runs "
+                        "are stored"))
+    elif "computed" in s:
         rows.insert(3, ("this time", f"{s['computed']} computed, {s['skipped']} "
                         "already stored"))
         where = ("in this process" if s["backend"] == "inprocess" else

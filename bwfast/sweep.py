@@ -55,6 +55,7 @@ __all__ = [
     "load_sweep",
     "plot_sweep",
     "run_sweep",
+    "scheduler_problem",
     "sweep_histories",
     "sweep_results",
 ]
@@ -92,10 +93,12 @@ _FIT_KEYS = ("tau", "lr", "steps", "tol", "seed", "init", "loss", "record_every"
 _INT_COLUMNS = ("index", "n", "target_seed", "depth", "width", "d0", "k", "steps",
                 "seed", "record_every", "steps_taken", "target_rank", "attempts")
 
-# At most this many configurations in one sweep, and this many recorded
-# losses per run (steps // record_every + 1; 32 MiB of history per run).
+# At most this many configurations in one sweep, this many recorded losses
+# per run (steps // record_every + 1; 32 MiB of history per run), and this
+# many weights in a network (16 GiB in float64, as for ``bwfast fit``).
 MAX_RUNS = 1_000_000
 MAX_HISTORY = 2**22
+MAX_WEIGHTS = 2**31
 
 
 class SweepFileError(ValueError):
@@ -144,6 +147,10 @@ def _float_rule(low, strict=False, default=False):
     return check
 
 
+# Integers are stored and exported as int64.
+_INT_MAX = 2**63 - 1
+
+
 def _int_rule(low):
     def check(value):
         if isinstance(value, float) and math.isfinite(value) and value == int(value):
@@ -152,6 +159,9 @@ def _int_rule(low):
             raise _Bad("must be an integer")
         if value < low:
             raise _Bad(f"must be >= {low}")
+        if value > _INT_MAX:
+            raise _Bad(f"must be <= 2**63-1 = {_INT_MAX} (results are stored as "
+                       "64-bit integers)")
         return value
 
     return check
@@ -182,11 +192,16 @@ def _widths_rule(value):
     if not isinstance(value, list) or len(value) < 2:
         raise _Bad("must be a list of at least two widths, such as [20, 20, 20]")
     check = _int_rule(1)
-    try:
-        return [check(d) for d in value]
-    except _Bad:
-        raise _Bad("must be a list of positive integers, such as [20, 20, 20]"
-                   ) from None
+    out = []
+    for i, d in enumerate(value):
+        try:
+            out.append(check(d))
+        except _Bad as exc:
+            if isinstance(d, int) and not isinstance(d, bool) and d > _INT_MAX:
+                raise _Bad(f"entry {i} = {d} {exc}") from None
+            raise _Bad("must be a list of positive integers, such as [20, 20, 20]"
+                       ) from None
+    return out
 
 
 def _target_rule(value):
@@ -209,6 +224,8 @@ def _fit_defaults():
 
 
 def _rules():
+    from .theory import INITS
+
     d = _fit_defaults()
     return {
         "target": (_target_rule, None),
@@ -228,9 +245,8 @@ def _rules():
         "steps": (_int_rule(0), d["steps"]),
         "tol": (_float_rule(0.0, default=True), d["tol"]),
         "seed": (_int_rule(0), d["seed"]),
-        # any string: fit judges it, so that new initializations need no
-        # change here (an unknown one fails at run time, recorded as failed)
-        "init": (_string, d["init"]),
+        # the names fit accepts (theory.INITS): refused before any run
+        "init": (_choice_rule(*INITS), d["init"]),
         "loss": (_choice_rule("bw", "frobenius"), d["loss"]),
         "record_every": (_int_rule(1), d["record_every"]),
         "dtype": (_choice_rule("float64", "float32"), "float64"),
@@ -338,14 +354,30 @@ class Sweep:
         return f"Sweep({self.name!r}, {len(self.runs)} runs)"
 
     def axes(self):
-        """{column: sorted distinct values} of the parameter columns that vary."""
+        """{column: sorted distinct values} of the parameter columns that vary.
+
+        ``width`` counts only the runs that have one hidden width (not
+        depth 1, which has no hidden layer, nor uneven ``widths``), and
+        ``widths`` is left out when the ``depth``, ``width`` and ``d0``
+        axes determine it. ``None`` stands for fit's default (``lr``,
+        ``tol``) or for a parameter that does not apply to some runs (the
+        synthetic keys with a target file).
+        """
+        columns = [run.columns() for run in self.runs]
         values = {}
-        for run in self.runs:
-            for key, value in run.columns().items():
+        for cols in columns:
+            for key, value in cols.items():
+                if key == "width" and value is None:
+                    continue
                 values.setdefault(key, set()).add(value)
         axes = {key: sorted(v, key=_sort_key) for key, v in values.items()
                 if len(v) > 1}
-        if any(key in axes for key in _NETWORK_KEYS):
+        shown = [key for key in _NETWORK_KEYS if key in axes]
+        network = {}
+        for cols in columns:
+            network.setdefault(tuple(cols[k] for k in shown), set()).add(
+                cols["widths"])
+        if shown and all(len(w) == 1 for w in network.values()):
             axes.pop("widths", None)  # explained by depth, width, d0
         return axes
 
@@ -493,10 +525,15 @@ def load_sweep(path):
           ``width`` (default n) and ``d0`` (default width), meaning widths
           d0, width x (depth - 1), n.
         - :func:`bwfast.fit` arguments: ``tau``, ``lr`` (``"default"``: fit's
-          choice), ``steps``, ``tol`` (``"default"``), ``seed``, ``init`` (any
-          string; fit validates it when the run starts), ``loss`` (``"bw"``,
-          ``"frobenius"``), ``record_every``, ``dtype`` (``"float64"``,
-          ``"float32"``). Defaults are fit's.
+          choice), ``steps``, ``tol`` (``"default"``), ``seed``, ``init`` (one of
+          :data:`bwfast.theory.INITS`), ``loss`` (``"bw"``, ``"frobenius"``),
+          ``record_every``, ``dtype`` (``"float64"``, ``"float32"``).
+          Defaults are fit's.
+
+        Integers (``n``, ``target_seed``, ``depth``, ``width``, ``d0``, the
+        entries of ``widths``, ``steps``, ``seed``, ``record_every``) must
+        be at most 2**63-1, as the store keeps them as 64-bit integers, and
+        a network at most :data:`MAX_WEIGHTS` weights.
 
     Returns
     -------
@@ -679,14 +716,23 @@ def _canonical(c, rules, label, base_dir, files):
         if widths[-1] != n:
             raise need(f"widths = {_toml(widths)} must end with the target "
                        f"dimension n = {n}")
+        count = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
     elif "depth" in c:
         width = c.get("width", n)
         d0 = c.get("d0", width)
-        widths = [d0] + [width] * (c["depth"] - 1) + [n]
+        depth = c["depth"]
+        # counted before the widths list is built (depth may be huge)
+        count = d0 * n if depth == 1 else d0 * width + (
+            depth - 2) * width * width + width * n
+        if count <= MAX_WEIGHTS:
+            widths = [d0] + [width] * (depth - 1) + [n]
     else:
         if "width" in c or "d0" in c:
             raise need("width and d0 need depth")
         raise need("no network: give depth (with width and d0) or widths")
+    if count > MAX_WEIGHTS:
+        raise need(f"the network has {count} weights, more than {MAX_WEIGHTS} "
+                   "(2**31, 16 GiB in float64)")
     out["widths"] = widths
     for key in _FIT_KEYS:
         out[key] = c.get(key, rules[key][1])
@@ -963,8 +1009,10 @@ def run_sweep(sweep, out, *, workers=None, scheduler=None, dask_local=False,
         a pool must do so under ``if __name__ == "__main__":``, as with
         :mod:`multiprocessing`.
     scheduler : str, optional
-        Address of a running Dask scheduler (``tcp://host:8786``): runs go to
-        its workers, which need bwfast installed.
+        Address of a running Dask scheduler (``tcp://host:8786``; the form
+        ``PROTOCOL://HOST:PORT`` is checked first, see
+        :func:`scheduler_problem`): runs go to its workers, which need
+        bwfast installed.
     dask_local : bool
         Start a Dask ``LocalCluster`` on the loopback interface for the run.
     new_store : bool
@@ -983,6 +1031,8 @@ def run_sweep(sweep, out, *, workers=None, scheduler=None, dask_local=False,
 
     Raises
     ------
+    ValueError
+        A ``scheduler`` address of the wrong form, bad ``workers``.
     SweepChanged
         ``out`` holds the store of a sweep with other configurations (and
         ``new_store`` is false): results are never mixed.
@@ -995,13 +1045,17 @@ def run_sweep(sweep, out, *, workers=None, scheduler=None, dask_local=False,
 
     Notes
     -----
-    Guarantees: each finished run is committed with its loss history in one
-    transaction as soon as it arrives; a run already stored is never handed
-    to a worker again (``attempts`` counts hand-overs); a run that raises is
-    stored as ``status = "failed"`` with the error as ``message`` and the
-    sweep goes on; the numbers of a run do not depend on where it ran
-    (every worker computes with one BLAS thread, from the same target and
-    seed), only the columns in :data:`PLACEMENT_COLUMNS` do.
+    Guarantees: nothing in ``out`` is created or moved before the backend
+    has started and the first target is built, so a sweep that fails
+    before its first run leaves ``out`` as it was (except for a lock file
+    beside an existing store); each finished run is committed with its loss
+    history in one transaction as soon as it arrives; a run already stored
+    is never handed to a worker again (``attempts`` counts hand-overs); a
+    run that raises is stored as ``status = "failed"`` with the error as
+    ``message`` and the sweep goes on; the numbers of a run do not depend
+    on where it ran (every worker computes with one BLAS thread, from the
+    same target and seed), only the columns in :data:`PLACEMENT_COLUMNS`
+    do.
     """
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep)
@@ -1014,51 +1068,94 @@ def run_sweep(sweep, out, *, workers=None, scheduler=None, dask_local=False,
         if workers == 0 and (scheduler is not None or dask_local):
             raise ValueError("`workers` = 0 (run in this process) excludes "
                              "`scheduler` and `dask_local`")
+    if scheduler is not None:
+        problem = scheduler_problem(scheduler)
+        if problem:
+            raise ValueError(f"`scheduler` {problem}")
     started = time.perf_counter()
-    store, aside = _open_store(sweep, out, new_store)
+    out = Path(out)
+    if os.path.lexists(out) and not out.is_dir():
+        raise StoreError(f"'{out}' exists and is not a directory")
+    # Nothing is created or moved in `out` until the backend runs and the
+    # first target is built: a sweep failing before its first run leaves
+    # `out` as it was.
+    store = _open_existing(sweep, out, new_store)
+    backend = None
     try:
-        finished = store.finished()
+        finished = store.finished() if store is not None else {}
         todo = [r for r in sweep.runs if r.run_id not in finished
                 or (retry_failed and finished[r.run_id] == "failed")]
-        skipped = len(sweep.runs) - len(todo)
-        report = SweepReport(store=store.path, total=len(sweep.runs), computed=0,
-                             skipped=skipped, counts={}, missing=len(todo),
-                             set_aside=aside)
         if todo:
-            _execute(sweep, store, todo, report, workers, scheduler, dask_local,
-                     retry_failed, progress)
+            sweep.target(todo[0].params)
+            backend = _backend(todo, workers, scheduler, dask_local)
+        aside = None
+        if store is None:
+            store, aside = _new_store(sweep, out, new_store)
+        report = SweepReport(store=store.path, total=len(sweep.runs), computed=0,
+                             skipped=len(sweep.runs) - len(todo), counts={},
+                             missing=len(todo), set_aside=aside)
+        if backend is not None:
+            _execute(sweep, store, todo, report, backend, retry_failed, progress)
+            backend.close()
+            backend = None
         return _finish(store, sweep, report, started)
     finally:
-        store.close()
+        if backend is not None:  # an error or Ctrl-C: abandon runs in progress
+            backend.stop()
+        if store is not None:
+            store.close()
+
+
+def scheduler_problem(address):
+    """What is wrong with the form of a Dask scheduler address, or None.
+
+    Only the form is checked (``PROTOCOL://HOST:PORT``, or ``HOST:PORT``
+    for tcp; ``inproc://...`` as Dask writes it), not that a scheduler
+    answers there.
+    """
+    form = ("must be a Dask scheduler address PROTOCOL://HOST:PORT, such as "
+            "tcp://127.0.0.1:8786")
+    if not isinstance(address, str):
+        return f"{form}; got {address!r}"
+    proto, sep, rest = address.partition("://")
+    if not sep:
+        proto, rest = "tcp", address
+    if proto not in _DASK_PROTOCOLS:
+        return (f"{form}; got {address!r} (protocol {proto!r} is not one of "
+                f"{', '.join(_DASK_PROTOCOLS)})")
+    if proto == "inproc":
+        return None if rest else f"{form}; got {address!r}"
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port:
+        return f"{form}; got {address!r} (no port)"
+    if not host:
+        return f"{form}; got {address!r} (no host)"
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        return f"{form}; got {address!r} (the port must be 1 .. 65535)"
+    return None
+
+
+_DASK_PROTOCOLS = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
 
 
 def _finish(store, sweep, report, started):
+    report.counts = dict(sorted(store.status_counts().items()))
     finished = store.finished()
-    counts = {}
-    for status in finished.values():
-        counts[status] = counts.get(status, 0) + 1
-    report.counts = dict(sorted(counts.items()))
     report.missing = sum(1 for r in sweep.runs if r.run_id not in finished)
     report.wall_time = time.perf_counter() - started
     return report
 
 
-def _open_store(sweep, out, new_store):
-    out = Path(out)
-    if os.path.lexists(out) and not out.is_dir():
-        raise StoreError(f"'{out}' exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"spec_hash": sweep.spec_hash, "name": sweep.name,
-            "source": str(sweep.source), "text": sweep.text or "",
-            "file_sha256": hashlib.sha256((sweep.text or "").encode()).hexdigest(),
-            "bwfast_version": _version()}
-    configs = [(r.run_id, r.index, r.params) for r in sweep.runs]
-    aside = None
-    if os.path.lexists(_store.store_path(out)):
-        with Store.open(out) as old:
-            old_hash = old.meta().get("spec_hash")
-            old_ids = {rid for rid, _, _ in old.configs()}
-        if old_hash != sweep.spec_hash and not new_store:
+def _open_existing(sweep, out, new_store):
+    """The store of ``out``, opened and locked, if it holds this sweep; None
+    if there is none, or if ``new_store`` asks for a new one; SweepChanged
+    if it holds another sweep."""
+    if not os.path.lexists(_store.store_path(out)):
+        return None
+    store = Store.open(out)
+    try:
+        if store.meta().get("spec_hash") != sweep.spec_hash and not new_store:
+            old_ids = store.config_ids()
             ids = {r.run_id for r in sweep.runs}
             raise SweepChanged(
                 f"'{out}' holds the results of a different sweep: "
@@ -1068,13 +1165,31 @@ def _open_store(sweep, out, new_store):
                 "Use another output directory, or ask for a new store (the old "
                 "one is kept as sweep.K.sqlite)")
         if new_store:
-            aside = _store.set_aside(out)
-    if not os.path.lexists(_store.store_path(out)):
-        Store.create(out, meta, configs).close()
-    store = Store.open(out)
+            store.close()
+            return None
+        store.lock()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _new_store(sweep, out, new_store):
+    """A new store in ``out`` (the old one set aside with ``new_store``),
+    opened and locked; (store, path of the old one or None)."""
+    aside = None
+    if new_store and os.path.lexists(_store.store_path(out)):
+        aside = _store.set_aside(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"spec_hash": sweep.spec_hash, "name": sweep.name,
+            "source": str(sweep.source), "text": sweep.text or "",
+            "file_sha256": hashlib.sha256((sweep.text or "").encode()).hexdigest(),
+            "bwfast_version": _version()}
+    configs = ((r.run_id, r.index, r.params) for r in sweep.runs)
+    store = Store.create(out, meta, configs)  # refuses a store that appeared
     try:
         store.lock()
-    except StoreError:
+    except BaseException:
         store.close()
         raise
     return store, aside
@@ -1086,16 +1201,17 @@ def _version():
     return __version__
 
 
-def _execute(sweep, store, todo, report, workers, scheduler, dask_local, retry,
-             progress):
+def _backend(todo, workers, scheduler, dask_local):
     if scheduler is not None or dask_local:
-        backend = _DaskPool(scheduler, workers or (None if scheduler else
-                                                  min(_cpu_count(), len(todo))))
-    elif workers == 0:
-        backend = _InProcess()
-    else:
-        _warm_up({r.params["dtype"] for r in todo})
-        backend = _LocalPool(min(workers or _cpu_count(), len(todo)))
+        return _DaskPool(scheduler, workers or (None if scheduler else
+                                                min(_cpu_count(), len(todo))))
+    if workers == 0:
+        return _InProcess()
+    _warm_up({r.params["dtype"] for r in todo})
+    return _LocalPool(min(workers or _cpu_count(), len(todo)))
+
+
+def _execute(sweep, store, todo, report, backend, retry, progress):
     report.backend, report.workers = backend.name, backend.workers
     bar = _progress_bar(len(sweep.runs), report.skipped, progress, sweep.name)
     failed = [sum(1 for s in store.finished().values() if s == "failed")]
@@ -1129,15 +1245,12 @@ def _execute(sweep, store, todo, report, workers, scheduler, dask_local, retry,
             for fut in backend.wait(list(inflight), timeout=0.5):
                 commit(fut)
             fill()
-    except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
-            # runs that finished before the interruption are kept
-            for fut in [f for f in inflight if backend.succeeded(f)]:
-                commit(fut)
-        backend.stop()
+    except KeyboardInterrupt:
+        # runs that finished before the interruption are kept (the caller
+        # stops the backend)
+        for fut in [f for f in inflight if backend.succeeded(f)]:
+            commit(fut)
         raise
-    else:
-        backend.close()
     finally:
         bar.close()
 
@@ -1362,6 +1475,8 @@ def _parse_where(where):
         return {}
     if isinstance(where, dict):
         return dict(where)
+    if isinstance(where, str):
+        where = [where]
     out = {}
     for item in where:
         key, sep, value = str(item).partition("=")
@@ -1413,9 +1528,11 @@ def plot_sweep(source, path, *, x, y, value, where=None, agg=None, contour=False
     value : str
         Numeric column drawn as colour (``rate``, ``relative_gap``,
         ``steps_taken``, ...). Cells without a value (failed runs, rates not
-        measurable, combinations not run) are grey.
-    where : dict or list of "COLUMN=VALUE", optional
-        Keep only the runs matching every condition.
+        measurable, combinations not run) are grey; ValueError when no
+        selected run has a finite value.
+    where : dict, "COLUMN=VALUE" or list of "COLUMN=VALUE", optional
+        Keep only the runs matching every condition (``{"tau": 0}``,
+        ``"tau=0"``, ``["tau=0", "depth=4"]``).
     agg : {"mean", "median", "min", "max"}, optional
         How to combine several runs in one cell; without it a cell may hold
         one run only, and an error names the columns that vary within
@@ -1434,6 +1551,8 @@ def plot_sweep(source, path, *, x, y, value, where=None, agg=None, contour=False
     pandas.DataFrame
         The plotted grid: index the y values, columns the x values.
     """
+    import numpy as np
+
     pd = _pandas("plotting sweep results")
     _require("matplotlib", "plotting sweep results")
     path = Path(path)
@@ -1478,6 +1597,9 @@ def plot_sweep(source, path, *, x, y, value, where=None, agg=None, contour=False
             f"with where (e.g. --where {varying[0] if varying else 'COLUMN'}=VALUE) "
             "or combine them with agg (mean, median, min, max)")
     values = df[value].astype("float64")
+    if not np.isfinite(values.to_numpy()).any():
+        raise ValueError(f"no finite values of {value} in the selected runs "
+                         f"({len(df)} run{'s' if len(df) != 1 else ''})")
     grid = values.groupby([df[x], df[y]]).agg(agg or "first").unstack(x)
     grid = grid.reindex(index=sorted(grid.index, key=_sort_key),
                         columns=sorted(grid.columns, key=_sort_key))
@@ -1578,14 +1700,12 @@ def _numeric_axis(values, name):
 
 def store_summary(directory):
     """{name, source, total, counts, missing, created_at} of a store."""
+    # counted by SQLite: no configuration is read (a store may hold 10**6)
     with Store.open(directory) as store:
         meta = store.meta()
-        configs = store.configs()
-        finished = store.finished()
-    counts = {}
-    for status in finished.values():
-        counts[status] = counts.get(status, 0) + 1
+        total = store.count_configs()
+        counts = store.status_counts()
     return {"name": meta.get("name", ""), "source": meta.get("source", ""),
-            "total": len(configs), "counts": dict(sorted(counts.items())),
-            "missing": len(configs) - len(finished),
+            "total": total, "counts": dict(sorted(counts.items())),
+            "missing": total - sum(counts.values()),
             "store": str(_store.store_path(directory))}

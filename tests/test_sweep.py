@@ -22,8 +22,8 @@ from bwfast.targets import synthetic_spectrum, synthetic_target
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "sweep_small.toml"
 
-# A small sweep: two depths, two values of tau, and one run whose
-# initialization only fit can refuse (it fails at run time).
+# A small sweep: two depths, two values of tau, and one run that fails at
+# run time (a margin start needs a wider bottleneck than width 1 here).
 SMALL = """
 [sweep]
 name = "small test"
@@ -43,8 +43,9 @@ record_every = 7
 
 [[runs]]
 depth = 2
+width = 1
 tau = 0.0
-init = "no-such-init"
+init = "margin"
 """
 
 
@@ -125,7 +126,7 @@ def test_grid_expansion_order_defaults_and_ids(tmp_path):
     assert len(sweep) == 5  # 2 depths x 2 taus, and one more block
     first = sweep.runs[0].params
     assert [r.params["widths"] for r in sweep.runs] == [
-        [5, 5], [5, 5], [5, 5, 5, 5], [5, 5, 5, 5], [5, 5, 5]]
+        [5, 5], [5, 5], [5, 5, 5, 5], [5, 5, 5, 5], [1, 1, 5]]
     assert [r.params["tau"] for r in sweep.runs[:4]] == [0.0, 0.2, 0.0, 0.2]
     defaults = {k: v.default for k, v in
                 __import__("inspect").signature(bwfast.fit).parameters.items()}
@@ -187,6 +188,58 @@ def test_sweep_file_errors_name_key_and_value(tmp_path, text, message):
     assert str(path) in str(info.value)
 
 
+def test_unknown_init_is_refused_before_any_run(tmp_path, capsys):
+    from bwfast.theory import INITS
+
+    path = write(tmp_path, "[parameters]\ntarget = 'power'\nn = 4\ndepth = 2\n"
+                 "init = ['balanced', 'foo']\n")
+    names = ", ".join(f'"{name}"' for name in INITS)
+    with pytest.raises(sw.SweepFileError) as info:
+        sw.load_sweep(path)
+    assert f'[parameters] init[1] = "foo": must be one of {names}' in str(info.value)
+    text = path.read_text().replace("['balanced', 'foo']", repr(list(INITS)))
+    sweep = sw.load_sweep(write(tmp_path, text, "ok.toml"))
+    assert [r.params["init"] for r in sweep.runs] == list(INITS)  # fit's names
+    code, _, err = run_cli(capsys, "sweep", path, "--dry-run")
+    assert code == 2 and 'init[1] = "foo": must be one of' in error_line(err)
+
+
+BIG = 99999999999999999999  # above 2**63 - 1
+
+
+@pytest.mark.parametrize("key, line, shown", [
+    ("seed", f"depth = 2\nseed = {BIG}", f"seed = {BIG}"),
+    ("target_seed", f"depth = 2\ntarget_seed = {BIG}", f"target_seed = {BIG}"),
+    ("n", f"depth = 2\nn = {BIG}", f"n = {BIG}"),
+    ("steps", f"depth = 2\nsteps = {BIG}", f"steps = {BIG}"),
+    ("record_every", f"depth = 2\nrecord_every = {BIG}", f"record_every = {BIG}"),
+    ("depth", f"depth = [1, {BIG}]", f"depth[1] = {BIG}"),
+    ("width", f"depth = 2\nwidth = {BIG}", f"width = {BIG}"),
+    ("d0", f"depth = 2\nd0 = {BIG}", f"d0 = {BIG}"),
+    ("steps as a float", "depth = 2\nsteps = 1e19", "steps = 1e+19"),
+    ("widths", f"widths = [4, {BIG}, 4]", f"entry 1 = {BIG}"),
+])
+def test_integers_beyond_int64_are_refused(tmp_path, key, line, shown):
+    text = "[parameters]\ntarget = 'power'\n" + ("" if "n = " in line else
+                                                 "n = 4\n") + line + "\n"
+    with pytest.raises(sw.SweepFileError) as info:
+        sw.load_sweep(write(tmp_path, text))
+    message = str(info.value)
+    assert shown in message and "must be <= 2**63-1 = 9223372036854775807" in (
+        message)
+
+
+def test_networks_too_large_are_refused_before_building_them(tmp_path):
+    for line in (f"depth = {2**62}", "widths = [4, 100000, 100000, 4]"):
+        path = write(tmp_path, f"[parameters]\ntarget = 'power'\nn = 4\n{line}\n")
+        with pytest.raises(sw.SweepFileError, match=r"weights, more than 2147483648"):
+            sw.load_sweep(path)
+    # the largest int64 values are accepted where they make sense
+    path = write(tmp_path, "[parameters]\ntarget = 'power'\nn = 4\ndepth = 2\n"
+                 f"seed = {2**63 - 1}\ntarget_seed = {2**63 - 1}\n")
+    assert sw.load_sweep(path).runs[0].params["seed"] == 2**63 - 1
+
+
 def test_file_targets_are_identified_by_content(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((40, 3))
@@ -225,7 +278,7 @@ def test_local_pool_and_dask_give_identical_tables(tmp_path):
     code = main(["sweep", str(tmp_path / "sweep.toml"), "--out",
                  str(tmp_path / "dask-local"), "--dask-local", "--workers", "2",
                  "--quiet"])
-    assert code == 0
+    assert code == 6  # one run failed
     a, b = numeric_table(tmp_path / "local"), numeric_table(tmp_path / "dask")
     import pandas as pd
 
@@ -235,9 +288,9 @@ def test_local_pool_and_dask_give_identical_tables(tmp_path):
     # and both are what fit itself returns
     for run, row in zip(sweep.runs, a.to_dict("records")):
         if row["status"] == "failed":
-            assert row["init"] == "no-such-init"
+            assert row["init"] == "margin" and row["width"] == 1
             assert row["message"].startswith("ValueError: ")
-            assert "no-such-init" in row["message"]
+            assert "'margin' needs optimal_loss < lambda_k" in row["message"]
             assert np.isnan(row["final_loss"]) and pd.isna(row["steps_taken"])
             continue
         res = bwfast.fit(sweep.target(run.params), run.params["widths"],
@@ -339,7 +392,7 @@ def test_changed_sweep_is_refused_unless_a_new_store(tmp_path, capsys):
     path.write_text("# same runs\n" + path.read_text() + "seed = 0\n")
     code, out_text, _ = run_cli(capsys, "sweep", path, "--out", out, "--workers",
                                 "0", "--quiet")
-    assert code == 0 and "0 computed, 2 already stored" in out_text
+    assert code == 0 and "nothing to compute: all 2 runs are stored" in out_text
     path.write_text(path.read_text().replace("[1, 2]", "[1, 2, 3]"))
     before = (out / "sweep.sqlite").read_bytes()
     code, _, err = run_cli(capsys, "sweep", path, "--out", out, "--workers", "0")
@@ -367,8 +420,9 @@ def test_changed_sweep_is_refused_unless_a_new_store(tmp_path, capsys):
 
 
 def test_retry_failed_replaces_only_failed_rows(tmp_path):
+    # at tau = 5 no margin start exists: that run fails every time
     path = write(tmp_path, "[parameters]\ntarget = 'power'\nn = 3\ndepth = 1\n"
-                 "steps = 20\ninit = ['balanced', 'nonsense']\n")
+                 "steps = 20\ntau = 5.0\ninit = ['balanced', 'margin']\n")
     out = tmp_path / "out"
     sw.run_sweep(path, out, workers=0)
     first = sw.sweep_results(out)
@@ -378,6 +432,91 @@ def test_retry_failed_replaces_only_failed_rows(tmp_path):
     assert list(again["attempts"]) == [1, 2]
     assert again["finished_at"][0] == first["finished_at"][0]
     assert list(again["status"]) == ["converged", "failed"]
+
+
+@pytest.mark.parametrize("address, reason", [
+    ("garbage", "(no port)"), ("tcp://", "(no port)"), ("tcp://:8786", "(no host)"),
+    ("tcp://host:port", "the port must be"), ("udp://host:1", "protocol 'udp'"),
+])
+def test_bad_scheduler_addresses_are_refused_before_anything(tmp_path, capsys,
+                                                             address, reason):
+    path = write(tmp_path, SMALL)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "sweep", path, "--out", out, "--scheduler",
+                           address)
+    line = error_line(err)
+    assert code == 2
+    assert "--scheduler must be a Dask scheduler address PROTOCOL://HOST:PORT" in line
+    assert repr(address) in line and reason in line
+    assert not out.exists()
+    with pytest.raises(ValueError, match=r"`scheduler` must be a Dask scheduler"):
+        sw.run_sweep(path, out, scheduler=address)
+    assert not out.exists()
+    assert sw.scheduler_problem("tcp://127.0.0.1:8786") is None
+    assert sw.scheduler_problem("[::1]:8786") is None
+
+
+def test_a_sweep_failing_before_its_first_run_creates_nothing(tmp_path, capsys,
+                                                              monkeypatch):
+    class NoPool:
+        def __init__(self, workers):
+            raise OSError("cannot start worker processes")
+
+    monkeypatch.setattr(sw, "_warm_up", lambda dtypes: None)
+    monkeypatch.setattr(sw, "_LocalPool", NoPool)
+    path = write(tmp_path, SMALL)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "sweep", path, "--out", out, "--workers", "1")
+    assert code == 1 and "cannot start worker processes" in error_line(err)
+    assert not out.exists()
+    out.mkdir()
+    with pytest.raises(OSError, match="cannot start"):
+        sw.run_sweep(path, out, workers=1)
+    assert list(out.iterdir()) == []
+    # a store of the same sweep is kept as it was, and one of another sweep
+    # is not moved aside by --new-store
+    sw.run_sweep(sw.load_sweep(path).select(depth=1), out, workers=0)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(OSError, match="cannot start"):
+        sw.run_sweep(path, out, workers=1, new_store=True)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert len(sw.sweep_results(out)) == 2
+
+
+def test_cli_failed_runs_exit_6_and_reruns_compute_nothing(tmp_path, capsys):
+    # at tau = 5 no margin start exists: that run fails every time
+    path = write(tmp_path, "[parameters]\ntarget = 'power'\nn = 3\ndepth = 1\n"
+                 "steps = 20\ntau = 5.0\ninit = ['balanced', 'margin']\n")
+    out = tmp_path / "out"
+    argv = ("sweep", path, "--out", out, "--workers", "0", "--quiet")
+    code, text, _ = run_cli(capsys, *argv)
+    assert code == 6 and "1 converged, 1 failed" in text
+    code, text, _ = run_cli(capsys, *argv)
+    assert code == 6
+    assert "nothing to compute: all 2 runs are stored" in text
+    assert "wall time" not in text
+    code, text, _ = run_cli(capsys, *argv, "--retry-failed")
+    assert code == 6 and "1 computed, 1 already stored" in text
+    code, _, _ = run_cli(capsys, "sweep", out)  # a summary is not a run
+    assert code == 0
+    code, text, _ = run_cli(capsys, "sweep", "--help")
+    assert code == 0
+    assert "\n  6    every configuration has a stored result, but some runs" in text
+
+
+def test_summaries_count_in_sqlite_without_reading_configurations(stored,
+                                                                  monkeypatch):
+    # reading 10**6 configurations took 12 s of the exit after Ctrl-C
+    def refuse(self):
+        raise AssertionError("configurations read")
+
+    monkeypatch.setattr(sw.Store, "configs", refuse)
+    summary = sw.store_summary(stored)
+    assert (summary["total"], summary["missing"]) == (8, 0)
+    assert summary["counts"] == {"converged": 8}
+    sweep = sw.load_sweep(EXAMPLE)
+    with pytest.raises(sw.SweepChanged, match="92 of the 100 configurations"):
+        sw.run_sweep(sweep, stored, workers=0)
 
 
 # --- results ----------------------------------------------------------------------
@@ -390,7 +529,7 @@ def stored(tmp_path_factory):
     sweep = sw.load_sweep(EXAMPLE)
     assert len(sweep) == 100
     assert sweep.axes() == {"lambda_min": [0.003, 0.01, 0.03, 0.1, 0.3],
-                            "depth": [1, 2, 4, 8, 16], "width": [None, 20],
+                            "depth": [1, 2, 4, 8, 16],
                             "tau": [0.0, 0.1, 0.5, 1.0]}
     part = sweep.select(depth=[2, 4], tau=0.0, lambda_min=[0.03, 0.1, 0.3, 0.01])
     report = sw.run_sweep(part, out, workers=0)
@@ -494,6 +633,39 @@ def test_plot_errors(stored, tmp_path, capsys):
     assert not (tmp_path / "p.png").exists()
 
 
+def test_plot_refuses_selections_without_finite_values(stored, tmp_path, capsys):
+    png = tmp_path / "p.png"
+    # lr is missing (fit's default) in every stored run
+    code, _, err = run_cli(capsys, "sweep", stored, "--plot", png, "--x", "depth",
+                           "--y", "lambda_min", "--value", "lr")
+    assert code == 2
+    assert "--plot: no finite values of lr in the selected runs (8 runs)" in (
+        error_line(err))
+    assert not png.exists()
+    table = sw.sweep_results(stored)
+    with pytest.raises(ValueError, match="no finite values of rate in the selected"):
+        sw.plot_sweep(table.assign(rate=np.inf), png, x="depth", y="lambda_min",
+                      value="rate")
+    assert not png.exists()
+    # some values missing: a plot, with those cells empty
+    part = table.assign(rate=table["rate"].where(table["depth"] == 2))
+    grid = sw.plot_sweep(part, png, x="depth", y="lambda_min", value="rate")
+    assert grid[2].notna().all() and grid[4].isna().all()
+    assert png.stat().st_size > 10_000
+
+
+def test_plot_where_takes_one_condition_as_a_string(stored, tmp_path):
+    pytest.importorskip("matplotlib")
+    grid = sw.plot_sweep(stored, tmp_path / "a.png", x="depth", y="lambda_min",
+                         value="rate", where="tau=0")
+    again = sw.plot_sweep(stored, tmp_path / "b.png", x="depth", y="lambda_min",
+                          value="rate", where={"tau": 0})
+    assert grid.shape == (4, 2) and grid.equals(again)
+    with pytest.raises(ValueError, match="expected COLUMN=VALUE; got 'tau'"):
+        sw.plot_sweep(stored, tmp_path / "c.png", x="depth", y="lambda_min",
+                      value="rate", where="tau")
+
+
 # --- command line -----------------------------------------------------------------
 
 
@@ -527,12 +699,27 @@ def test_cli_summary_export_and_usage_errors(stored, tmp_path, capsys):
         assert message in error_line(err), (argv, err)
 
 
-def test_cli_dry_run_lists_the_axes(capsys):
+def test_cli_dry_run_lists_the_axes(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "sweep", EXAMPLE, "--dry-run")
     assert code == 0
     assert out.splitlines()[0].endswith(": 100 runs")
     assert "  depth         1, 2, 4, 8, 16" in out
     assert "  tau           0, 0.1, 0.5, 1" in out
+    assert "width" not in out  # one value; depth 1 has no hidden layer
+    path = write(tmp_path, "[parameters]\ntarget = 'power'\nn = 6\nwidth = 6\n"
+                 "depth = [1, 2]\nlr = ['default', 0.1]\n")
+    code, out, _ = run_cli(capsys, "sweep", path, "--dry-run")
+    assert code == 0
+    assert out.splitlines()[1:] == ["  depth         1, 2",
+                                    "  lr            default, 0.1"]
+    # uneven hidden widths: widths is the axis
+    path = write(tmp_path, "[parameters]\ntarget = 'power'\nn = 5\n"
+                 "widths = [[5, 3, 4, 5], [5, 3, 3, 5]]\n")
+    assert sw.load_sweep(path).axes() == {"widths": ["5,3,3,5", "5,3,4,5"]}
+    path = write(tmp_path, "[parameters]\ntarget = 'power'\nn = 5\n"
+                 "widths = [[5, 5], [5, 2, 5], [5, 3, 5]]\n")
+    assert sw.load_sweep(path).axes() == {"depth": [1, 2], "width": [2, 3],
+                                         "k": [2, 3, 5]}
 
 
 def test_missing_packages_are_named_with_the_pip_command(stored, tmp_path, capsys,
