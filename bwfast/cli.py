@@ -45,6 +45,7 @@ exit codes:
   3    step limit reached before convergence
   4    diverged (loss not finite or growing; try a smaller --lr)
   5    rank dropped (the end-to-end matrix lost rank; try --tau > 0)
+  6    bwfast sweep: every configuration is stored, some runs failed
   130  interrupted
 
 Output that cannot be written to stdout is exit code 1 with one error line;
