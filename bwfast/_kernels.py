@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from ._config import JIT
+from ._small import WARM_MAX_N, active, polar_grad, seed_svd, warm_buffer, warm_eigh
 
 # Status codes returned by the descent kernel (see bwfast.train.Status).
 RUNNING = 0
@@ -600,7 +601,7 @@ def _thin_svd_product(R0, A, B):
 
 
 @njit(**JIT)
-def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
+def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored, warm=None):
     """Loss and end-to-end gradient at tau = 0 through the factor route.
 
     With the thin SVD R0 W = U S V^T cut to its k leading triplets,
@@ -611,9 +612,15 @@ def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
     through the factors (see _thin_svd_product). Triplets with
     s_i <= rank_rtol * s_1 count as zero (the minimum-norm subgradient).
     Returns (loss, s_k / s_1); a ratio at or below rank_rtol means
-    rank(R0 W) < k, where the loss has a kink.
+    rank(R0 W) < k, where the loss has a kink. With a ``warm`` buffer
+    (the descent loop's square full-rank case, see bwfast._small) the SVD
+    is refined from the previous step's factors when that converges.
     """
     n = W.shape[0]
+    if warm is not None:
+        done, loss, ratio = polar_grad(W, R0, rank_rtol, G, warm)
+        if done:
+            return loss, ratio
     if factored:
         U, s, Vt = _thin_svd_product(R0, A, B)
     else:
@@ -623,6 +630,8 @@ def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
     m = 0
     while m < kk and s[m] > thr:
         m += 1
+    if warm is not None:
+        seed_svd(warm, U, Vt, m == n)
     Um = np.ascontiguousarray(U[:, :m])
     P = (R0 @ Um) @ np.ascontiguousarray(Vt[:m, :])
     loss = 0.0
@@ -638,7 +647,7 @@ def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
 
 
 @njit(**JIT)
-def e2e_grad_tau(W, R0, S0, tr0, tau, G, rank0=-1):
+def e2e_grad_tau(W, R0, S0, tr0, tau, G, rank0=-1, warm=None):
     """Loss and end-to-end gradient for tau > 0 through one eigendecomposition.
 
     M = R0 (W W^T + tau I) R0 = X X^T + tau S0 with X = R0 W, and
@@ -662,6 +671,9 @@ def e2e_grad_tau(W, R0, S0, tr0, tau, G, rank0=-1):
     misses) and cutting them biases tr M^{1/2}. M is singular only along
     the null space of S0, whose dimension n - rank0 is known: that many
     smallest eigenvalues are structural zeros (rank0 < 0: none).
+
+    With a ``warm`` buffer (the descent loop, see bwfast._small) the
+    eigendecomposition is refined from the previous step's eigenvectors.
     """
     n = W.shape[0]
     X = R0 @ W
@@ -669,7 +681,10 @@ def e2e_grad_tau(W, R0, S0, tr0, tau, G, rank0=-1):
     for i in range(n):
         for j in range(n):
             M[i, j] += tau * S0[i, j]
-    w, Q = _eigh_raw(M, True)
+    if warm is None:
+        w, Q = _eigh_raw(M, True)
+    else:
+        w, Q = warm_eigh(M, warm)
     a = _clamp_eigs(w)
     amax = w.max()
     r = _root_values(a, False)
@@ -753,12 +768,13 @@ def _prefix(theta, pbuf, dims, j):
 
 @njit(**JIT)
 def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
-                    loss_kind=BW_LOSS, rank0=-1):
+                    loss_kind=BW_LOSS, rank0=-1, warm=None):
     """Prefix products (into pbuf), loss and end-to-end gradient G = dL/dW.
 
     Returns (loss, ratio, measure) with measure = ||G||_F ||W||_F, the
     first-order change of the loss under a relative perturbation of W
-    (-1 if G is not finite).
+    (-1 if G is not finite). ``warm`` is the descent loop's warm-start
+    buffer (``warm_state``); None or an empty one keeps the direct route.
     """
     N = dims.shape[0] - 1
     d0 = dims[0]
@@ -785,10 +801,19 @@ def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
         return np.inf, 0.0, -1.0
 
     # end-to-end loss and gradient
+    on = False
+    if warm is not None:
+        on = active(warm)
     if loss_kind == FROBENIUS_LOSS:
         loss, ratio = e2e_grad_frobenius(prev, S0, tau, G)
     elif tau > 0.0:
-        loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G, rank0)
+        if on:
+            loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G, rank0, warm)
+        else:
+            loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G, rank0)
+    elif on:
+        loss, ratio = e2e_grad_tau0(prev, R0, k, rank_rtol, G, prev, prev, False,
+                                    warm)
     else:
         # W = A B through the narrowest layer b when it is narrower than
         # both ends: A = W_N ... W_{b+1}, B = W_b ... W_1 = P_b
@@ -947,6 +972,22 @@ def layer_measure(theta, dims, pbuf, G):
 
 
 @njit(**JIT)
+def warm_state(dims, tau, k, loss_kind, theta):
+    """The descent loop's warm-start buffer (bwfast._small), or an empty
+    one where the direct route stays: the BW loss with n <= WARM_MAX_N and,
+    at tau = 0, a square full-rank end-to-end matrix (d_0 = n = k, every
+    width at least n); at tau > 0 any widths, n above JACOBI_MAX_N (below
+    it the cold Jacobi solve is as cheap)."""
+    n = dims[-1]
+    on = loss_kind == BW_LOSS and n <= WARM_MAX_N
+    if tau > 0.0:
+        on = on and n > JACOBI_MAX_N
+    else:
+        on = on and dims[0] == n and k == n
+    return warm_buffer(n if on else 0, theta)
+
+
+@njit(**JIT)
 def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
             tol_abs, div_limit, hist, hbase, every, pbuf, G, loss_kind=BW_LOSS,
             rank0=-1):
@@ -965,13 +1006,18 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
     step reaches stop < limit, so that the caller can report progress.
     Returns (step, status, loss, measure): step is the number of updates
     applied, loss the loss at the returned weights, measure the last one
-    computed.
+    computed. For small networks each step refines the previous step's
+    SVD or eigendecomposition instead of calling LAPACK (see warm_state
+    and bwfast._small); the state lives in this call only, so the first
+    step of each call takes the direct route.
     """
     step = start
     meas = np.nan
+    warm = warm_state(dims, tau, k, loss_kind, theta)
     while True:
         loss, ratio, emeas = network_forward(
-            theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind, rank0
+            theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind, rank0,
+            warm
         )
         if step % every == 0:
             hist[step // every - hbase] = loss
@@ -991,7 +1037,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
             if meas <= tol_abs:
                 loss, _, _ = network_forward(
                     theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
-                    loss_kind, rank0
+                    loss_kind, rank0, warm
                 )
                 if step % every == 0 and step <= stop:
                     hist[step // every - hbase] = loss
