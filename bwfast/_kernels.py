@@ -235,6 +235,12 @@ _xxgemm = types.ExternalFunction(
 )
 
 
+# Up to this many multiply-adds, gemm_nt_update copies B^T and calls the
+# "NN" GEMM: at 20 x 20 x 20 OpenBLAS's "TN" case took 0.62 us and the
+# copy plus "NN" 0.49 us; at 64^3 8.7 us against 8.0 us.
+_NT_COPY_MAX = 64 ** 3
+
+
 @njit(**JIT)
 def gemm_nt_update(C, A, B, alpha):
     """C += alpha * A @ B.T in place; C (r, c), A (r, k), B (c, k), all
@@ -248,6 +254,16 @@ def gemm_nt_update(C, A, B, alpha):
     al = np.full(1, alpha, C.dtype)
     be = np.ones(1, C.dtype)
     kind = ord("s") if C.itemsize == 4 else ord("d")
+    if r * c * kk <= _NT_COPY_MAX:
+        # small: B^T copied row-major is B column-major, so both operands
+        # go in untransposed ("NN", OpenBLAS's faster small-matrix case)
+        Bt = np.empty((kk, c), C.dtype)
+        for i in range(c):
+            for j in range(kk):
+                Bt[j, i] = B[i, j]
+        _xxgemm(kind, ord("N"), ord("N"), c, r, kk, al.ctypes, Bt.ctypes, c,
+                A.ctypes, kk, be.ctypes, C.ctypes, c)
+        return
     _xxgemm(kind, ord("T"), ord("N"), c, r, kk, al.ctypes, B.ctypes, kk,
             A.ctypes, kk, be.ctypes, C.ctypes, c)
 
@@ -907,6 +923,11 @@ def network_backward_update(theta, dims, pbuf, G, lr, measure):
     d0 = dims[0]
     off = layer_offsets(dims)
     best = -1.0
+    # B_{j-1} into two alternating buffers rather than a new array a layer
+    hmax = 0
+    for j in range(1, N):
+        hmax = max(hmax, dims[j])
+    bbuf = np.empty(2 * hmax * d0, theta.dtype)
     B = G
     for j in range(N, 0, -1):
         Wj = _view(theta, off[j - 1], dims[j], dims[j - 1])
@@ -924,7 +945,8 @@ def network_backward_update(theta, dims, pbuf, G, lr, measure):
                 gs = _grad_norm_sq(B, Pprev, d0)
                 ws = _segment_sumsq(theta, off[j - 1], off[j])
                 best = max(best, np.sqrt(gs) * np.sqrt(ws))
-            Bnext = Wj.T @ B
+            Bnext = _view(bbuf, (j % 2) * hmax * d0, dims[j - 1], d0)
+            np.dot(Wj.T, B, Bnext)
             gemm_nt_update(Wj, B, Pprev, -lr)
             B = Bnext
     return best

@@ -98,20 +98,33 @@ def _half_tan(x):
 
 
 @njit(**JIT)
-def _rotate(P, K, Z, Z2, T):
-    """P <- P (I + K + K^2 / 2) for skew K held in Z (overwritten).
+def _rotate(P, K, big, left, Z, Z2, T):
+    """P <- P E, or P <- E^T P if ``left``, for E = I + K + K^2 / 2 and
+    skew K with entries at most ``big``.
 
-    The truncated exponential is orthogonal to O(K^4): for a sweep's
-    angles (1e-4 or less once warm) that is below rounding, and a larger
-    defect is caught by the orthogonality check and removed there.
+    E is exp(K) to second order and orthogonal to O(K^4); the K^2 term is
+    left out where it is below rounding. A defect above rounding is caught
+    by the orthogonality check and removed there. Products are arranged
+    as A B or A^T B of row-major arrays: OpenBLAS's small-matrix path is
+    about twice as slow for A B^T.
     """
     n = P.shape[0]
-    np.dot(K, K, Z2)
-    for i in range(n):
-        for j in range(n):
-            Z[i, j] = K[i, j] + 0.5 * Z2[i, j]
-        Z[i, i] += 1.0
-    np.dot(P, Z, T)
+    sign = -1.0 if left else 1.0  # E^T = I - K + K^2 / 2
+    if big * big > np.finfo(P.dtype).eps:
+        np.dot(K, K, Z2)
+        for i in range(n):
+            for j in range(n):
+                Z[i, j] = sign * K[i, j] + 0.5 * Z2[i, j]
+            Z[i, i] += 1.0
+    else:
+        for i in range(n):
+            for j in range(n):
+                Z[i, j] = sign * K[i, j]
+            Z[i, i] += 1.0
+    if left:
+        np.dot(Z, P, T)
+    else:
+        np.dot(P, Z, T)
     P[:, :] = T
 
 
@@ -120,7 +133,9 @@ def _orthonormal(P, C, Z, T):
     """Check P^T P = I to ORTH_TOL n eps; if it fails, apply one
     Newton-Schulz step P <- P (3 I - P^T P) / 2 (squaring the defect).
 
-    Returns the defect before the step; the caller re-checks after one.
+    For a square P the check also holds for P P^T, so the same test serves
+    a factor stored transposed. Returns the defect before the step; the
+    caller re-checks after one.
     """
     n = P.shape[0]
     eps = np.finfo(P.dtype).eps
@@ -142,15 +157,15 @@ def _orthonormal(P, C, Z, T):
 
 @njit(**JIT)
 def refine_eigh(M, warm):
-    """Refine Q = warm[0].T to the eigenvectors of symmetric M.
+    """Refine Q = warm[0] to the eigenvectors of symmetric M.
 
-    Returns True when Q is orthonormal and Q^T M Q (in
-    warm[_D]) is diagonal to OFF_TOL n eps max |d_ii|; the eigenvalues are
-    then its diagonal. False leaves Q unusable (the caller falls back).
+    Returns True when Q is orthonormal and Q^T M Q (in warm[_D]) is
+    diagonal to OFF_TOL n eps max |d_ii|; the eigenvalues are then its
+    diagonal. False leaves Q unusable (the caller falls back).
     """
     n = M.shape[0]
     eps = np.finfo(M.dtype).eps
-    Q = warm[0].T  # stored transposed: Q is column-major like LAPACK's
+    Q = warm[0]
     T = warm[_T]
     D = warm[_D]
     Z = warm[_Z]
@@ -189,7 +204,7 @@ def refine_eigh(M, warm):
                 K[i, j] = t
                 K[j, i] = -t
                 big = max(big, abs(t))
-        _rotate(Q, K, Z, W, T)
+        _rotate(Q, K, big, False, Z, W, T)
         if big > _RECHECK:
             _orthonormal(Q, W, Z, T)
     return False
@@ -197,25 +212,25 @@ def refine_eigh(M, warm):
 
 @njit(**JIT)
 def refine_svd(X, rank_rtol, warm):
-    """Refine warm[0] = U and warm[1] = V to the SVD of the square X.
+    """Refine warm[0] = U and warm[1] = V^T to the SVD of the square X.
 
     Returns (status, smin, smax): status 1 when U and V are orthonormal
-    and U^T X V (in warm[_D]) is diagonal to OFF_TOL n eps s_max with
-    positive diagonal, the singular values; 0 when not converged; -1 when
-    some s_i <= rank_rtol s_max (a rank drop, which the direct route
-    reports). For a pair (i, j) the coupling splits into a symmetric part
-    p, rotated by tan(2 phi) = 2 p / (s_j - s_i), and a skew part q,
-    rotated by tan(2 psi) = 2 q / (s_i + s_j); U turns by phi + psi and V
-    by phi - psi. The polar factor U V^T moves by psi only, whose
-    denominator has no gap: close singular values slow the sweep only
-    where they do not matter for the gradient.
+    and U^T X V is diagonal to OFF_TOL n eps s_max with positive diagonal,
+    the singular values; 0 when not converged; -1 when some
+    s_i <= rank_rtol s_max (a rank drop, which the direct route reports).
+    For a pair (i, j) the coupling splits into a symmetric part p, rotated
+    by tan(2 phi) = 2 p / (s_j - s_i), and a skew part q, rotated by
+    tan(2 psi) = 2 q / (s_i + s_j); U turns by phi + psi and V by
+    phi - psi. The polar factor U V^T moves by psi only, whose denominator
+    has no gap: close singular values slow the sweep only where they do
+    not matter for the gradient.
     """
     n = X.shape[0]
     eps = np.finfo(X.dtype).eps
     U = warm[0]
-    V = warm[1]
+    Vt = warm[1]
     T = warm[_T]
-    D = warm[_D]
+    Dt = warm[_D]  # (U^T X V)^T = V^T (X^T U): two fast products
     Z = warm[_Z]
     W = warm[_W]
     KU = warm[_KU]
@@ -224,12 +239,12 @@ def refine_svd(X, rank_rtol, warm):
     smax = 0.0
     prev = np.inf
     for _ in range(MAX_SWEEPS):
-        np.dot(X, V, T)
-        np.dot(U.T, T, D)
+        np.dot(X.T, U, T)
+        np.dot(Vt, T, Dt)
         smax = -np.inf
         smin = np.inf
         for i in range(n):
-            s = np.float64(D[i, i])
+            s = np.float64(Dt[i, i])
             smax = max(smax, s)
             smin = min(smin, s)
         if not smin > rank_rtol * smax:
@@ -239,10 +254,10 @@ def refine_svd(X, rank_rtol, warm):
         for i in range(n):
             for j in range(n):
                 if i != j:
-                    off = max(off, abs(np.float64(D[i, j])))
+                    off = max(off, abs(np.float64(Dt[i, j])))
         if off <= tol:
             du = _orthonormal(U, W, Z, T)
-            dv = _orthonormal(V, W, Z, T)
+            dv = _orthonormal(Vt, W, Z, T)
             if max(du, dv) <= ORTH_TOL * n * eps:
                 return 1, smin, smax
             continue
@@ -253,11 +268,13 @@ def refine_svd(X, rank_rtol, warm):
         for i in range(n):
             KU[i, i] = 0.0
             KV[i, i] = 0.0
-            si = np.float64(D[i, i])
+            si = np.float64(Dt[i, i])
             for j in range(i + 1, n):
-                sj = np.float64(D[j, j])
-                p = 0.5 * (np.float64(D[i, j]) + D[j, i])
-                q = 0.5 * (np.float64(D[i, j]) - D[j, i])
+                sj = np.float64(Dt[j, j])
+                dij = np.float64(Dt[j, i])  # D_ij
+                dji = np.float64(Dt[i, j])
+                p = 0.5 * (dij + dji)
+                q = 0.5 * (dij - dji)
                 phi = 0.0
                 psi = 0.0
                 if abs(p) > 0.5 * tol:
@@ -271,11 +288,11 @@ def refine_svd(X, rank_rtol, warm):
                 KV[i, j] = b
                 KV[j, i] = -b
                 big = max(big, abs(a), abs(b))
-        _rotate(U, KU, Z, W, T)
-        _rotate(V, KV, Z, W, T)
+        _rotate(U, KU, big, False, Z, W, T)
+        _rotate(Vt, KV, big, True, Z, W, T)
         if big > _RECHECK:
             _orthonormal(U, W, Z, T)
-            _orthonormal(V, W, Z, T)
+            _orthonormal(Vt, W, Z, T)
     return 0, smin, smax
 
 
@@ -287,20 +304,22 @@ def refine_svd(X, rank_rtol, warm):
 def warm_eigh(M, warm):
     """(w, Q) for symmetric M, refined from the previous step's Q when
     there is one, else (or when the refinement is not accepted) by LAPACK,
-    whose Q then seeds the next step. Q is the column-major view
-    warm[0].T, laid out like LAPACK's eigenvectors."""
+    whose Q then seeds the next step. Q is returned column-major, laid out
+    like LAPACK's eigenvectors (a view of scratch slot _W)."""
     n = M.shape[0]
-    Q = warm[0].T
+    Q = warm[0]
     w = np.empty(n, M.dtype)
     if is_warm(warm) and refine_eigh(M, warm):
         D = warm[_D]
         for i in range(n):
             w[i] = D[i, i]
-        return w, Q
-    wl, Ql = np.linalg.eigh(M)
-    w[:] = wl
-    Q[:, :] = Ql
-    return w, Q
+    else:
+        wl, Ql = np.linalg.eigh(M)
+        w[:] = wl
+        Q[:, :] = Ql
+    Qf = warm[_W].T
+    Qf[:, :] = Q
+    return w, Qf
 
 
 @njit(**JIT)
@@ -324,7 +343,7 @@ def polar_grad(W, R0, rank_rtol, G, warm):
         return False, 0.0, 0.0
     Q = warm[_T]
     P = warm[_Z]
-    np.dot(warm[0], warm[1].T, Q)
+    np.dot(warm[0], warm[1], Q)  # U V^T, V stored transposed
     np.dot(R0, Q, P)
     loss = 0.0
     for i in range(W.shape[0]):
@@ -343,4 +362,4 @@ def seed_svd(warm, U, Vt, full):
         make_cold(warm)
         return
     warm[0][:, :] = U
-    warm[1][:, :] = Vt.T
+    warm[1][:, :] = Vt
