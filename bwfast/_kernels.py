@@ -250,14 +250,32 @@ def gemm_nt_update(C, A, B, alpha):
     column-major terms: B seen as its (k, c) transpose, A as (k, r).
     """
     r, c = C.shape
+    work = np.empty(gemm_nt_work_size(r, c, A.shape[1]), C.dtype)
+    gemm_nt_update_work(C, A, B, alpha, work)
+
+
+@njit(**JIT)
+def gemm_nt_work_size(r, c, kk):
+    """Length of the scratch vector gemm_nt_update_work needs for updates
+    of C (r, c) from A (r, k) and B (c, k) up to these sizes."""
+    return 2 + (c * kk if r * c * kk <= _NT_COPY_MAX else 0)
+
+
+@njit(**JIT)
+def gemm_nt_update_work(C, A, B, alpha, work):
+    """gemm_nt_update with its scratch (alpha, beta and, when small, B^T)
+    in ``work``, so that a loop of updates allocates nothing."""
+    r, c = C.shape
     kk = A.shape[1]
-    al = np.full(1, alpha, C.dtype)
-    be = np.ones(1, C.dtype)
+    work[0] = alpha
+    work[1] = 1.0
+    al = work[0:1]
+    be = work[1:2]
     kind = ord("s") if C.itemsize == 4 else ord("d")
-    if r * c * kk <= _NT_COPY_MAX:
+    if work.shape[0] >= 2 + c * kk and r * c * kk <= _NT_COPY_MAX:
         # small: B^T copied row-major is B column-major, so both operands
         # go in untransposed ("NN", OpenBLAS's faster small-matrix case)
-        Bt = np.empty((kk, c), C.dtype)
+        Bt = work[2:2 + c * kk].reshape((kk, c))
         for i in range(c):
             for j in range(kk):
                 Bt[j, i] = B[i, j]
@@ -928,6 +946,10 @@ def network_backward_update(theta, dims, pbuf, G, lr, measure):
     for j in range(1, N):
         hmax = max(hmax, dims[j])
     bbuf = np.empty(2 * hmax * d0, theta.dtype)
+    rmax = 0
+    for j in range(2, N + 1):
+        rmax = max(rmax, dims[j])
+    gwork = np.empty(gemm_nt_work_size(rmax, hmax, d0), theta.dtype)
     B = G
     for j in range(N, 0, -1):
         Wj = _view(theta, off[j - 1], dims[j], dims[j - 1])
@@ -947,7 +969,7 @@ def network_backward_update(theta, dims, pbuf, G, lr, measure):
                 best = max(best, np.sqrt(gs) * np.sqrt(ws))
             Bnext = _view(bbuf, (j % 2) * hmax * d0, dims[j - 1], d0)
             np.dot(Wj.T, B, Bnext)
-            gemm_nt_update(Wj, B, Pprev, -lr)
+            gemm_nt_update_work(Wj, B, Pprev, -lr, gwork)
             B = Bnext
     return best
 
