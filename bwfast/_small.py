@@ -39,7 +39,7 @@ WARM_MAX_N = 64
 # Sweeps before falling back to LAPACK: a step that has not converged in
 # this many quadratic sweeps has moved the factors far, or has clustered
 # values the simultaneous rotations do not separate.
-MAX_SWEEPS = 6
+MAX_SWEEPS = 8
 
 # Acceptance, in units of n * eps: off-diagonal entries of the transformed
 # matrix at most OFF_TOL n eps times its largest diagonal entry, and
@@ -52,6 +52,11 @@ ORTH_TOL = 2.0
 # Rotation angles below this use tan(phi) ~ phi = x / 2 (x = tan 2 phi),
 # whose error x^3 is far below what the next sweep removes anyway.
 _SMALL_ANGLE = 1e-4
+
+# Pairs whose rotation has tan(2 phi) above this are close (nearly equal
+# values, or a far start): rotating them all at once would not converge,
+# so they are rotated one after another, as in cyclic Jacobi.
+_CLOSE = 0.01
 
 # After a sweep with angles above this, the truncated exponential's
 # O(K^4) defect may exceed rounding: orthonormalize before the next sweep.
@@ -156,6 +161,65 @@ def _orthonormal(P, C, Z, T):
 
 
 @njit(**JIT)
+def _rotation(x):
+    """(c, s) of the rotation by phi with tan(2 phi) = x, |phi| <= pi / 4."""
+    t = _half_tan(x)
+    c = 1.0 / np.sqrt(t * t + 1.0)
+    return c, t * c
+
+
+@njit(**JIT)
+def _turn_columns(A, p, q, c, s):
+    """A <- A J for the rotation J = [[c, s], [-s, c]] in columns p, q."""
+    for k in range(A.shape[0]):
+        ap = np.float64(A[k, p])
+        aq = np.float64(A[k, q])
+        A[k, p] = c * ap - s * aq
+        A[k, q] = s * ap + c * aq
+
+
+@njit(**JIT)
+def _turn_rows(A, p, q, c, s):
+    """A <- J^T A for the rotation J of _turn_columns."""
+    for k in range(A.shape[1]):
+        ap = np.float64(A[p, k])
+        aq = np.float64(A[q, k])
+        A[p, k] = c * ap - s * aq
+        A[q, k] = s * ap + c * aq
+
+
+@njit(**JIT)
+def _close_pairs(D, tol, L, R):
+    """One cyclic Jacobi pass over the close pairs of D (the pairs whose
+    rotation angle exceeds what a simultaneous update resolves): each is
+    rotated in turn, D <- J^T D J, L <- L J and, for the SVD, R <- J^T R
+    (R is V^T). Returns the number of rotations.
+
+    The angle comes from the symmetric part of D, so for the SVD it turns
+    U and V alike and leaves the polar factor U V^T as it is; it only
+    resolves singular vectors of close singular values.
+    """
+    n = D.shape[0]
+    count = 0
+    for p in range(n - 1):
+        for q in range(p + 1, n):
+            e = 0.5 * (np.float64(D[p, q]) + D[q, p])
+            if abs(e) <= tol:
+                continue
+            x = 2.0 * e / (np.float64(D[q, q]) - D[p, p])
+            if abs(x) <= _CLOSE:
+                continue
+            c, s = _rotation(x)
+            _turn_columns(D, p, q, c, s)
+            _turn_rows(D, p, q, c, s)
+            _turn_columns(L, p, q, c, s)
+            if R is not L:
+                _turn_rows(R, p, q, c, s)
+            count += 1
+    return count
+
+
+@njit(**JIT)
 def refine_eigh(M, warm):
     """Refine Q = warm[0] to the eigenvectors of symmetric M.
 
@@ -192,21 +256,33 @@ def refine_eigh(M, warm):
         if not off < prev:  # a sweep that does not shrink the coupling
             return False
         prev = off
-        # skew generator: K_ij = tan(phi), tan(2 phi) = 2 e / (d_j - d_i)
+        # skew generator: K_ij = tan(phi), tan(2 phi) = 2 e / (d_j - d_i),
+        # for the pairs a simultaneous update resolves
         big = 0.0
+        close = False
         for i in range(n):
             K[i, i] = 0.0
             for j in range(i + 1, n):
                 e = 0.5 * (np.float64(D[i, j]) + D[j, i])
                 t = 0.0
                 if abs(e) > tol:
-                    t = _half_tan(2.0 * e / (np.float64(D[j, j]) - D[i, i]))
+                    x = 2.0 * e / (np.float64(D[j, j]) - D[i, i])
+                    if abs(x) <= _CLOSE:
+                        t = _half_tan(x)
+                    else:
+                        close = True
                 K[i, j] = t
                 K[j, i] = -t
                 big = max(big, abs(t))
-        _rotate(Q, K, big, False, Z, W, T)
-        if big > _RECHECK:
-            _orthonormal(Q, W, Z, T)
+        if big > 0.0:
+            _rotate(Q, K, big, False, Z, W, T)
+            if big > _RECHECK:
+                _orthonormal(Q, W, Z, T)
+        if close:
+            if big > 0.0:
+                np.dot(M, Q, T)
+                np.dot(Q.T, T, D)
+            _close_pairs(D, tol, Q, Q)
     return False
 
 
@@ -222,8 +298,8 @@ def refine_svd(X, rank_rtol, warm):
     by tan(2 phi) = 2 p / (s_j - s_i), and a skew part q, rotated by
     tan(2 psi) = 2 q / (s_i + s_j); U turns by phi + psi and V by
     phi - psi. The polar factor U V^T moves by psi only, whose denominator
-    has no gap: close singular values slow the sweep only where they do
-    not matter for the gradient.
+    has no gap; close singular values (a large phi) are separated by
+    sequential rotations that leave U V^T unchanged.
     """
     n = X.shape[0]
     eps = np.finfo(X.dtype).eps
@@ -265,6 +341,7 @@ def refine_svd(X, rank_rtol, warm):
             return 0, smin, smax
         prev = off
         big = 0.0
+        close = False
         for i in range(n):
             KU[i, i] = 0.0
             KV[i, i] = 0.0
@@ -278,7 +355,11 @@ def refine_svd(X, rank_rtol, warm):
                 phi = 0.0
                 psi = 0.0
                 if abs(p) > 0.5 * tol:
-                    phi = _half_tan(2.0 * p / (sj - si))
+                    x = 2.0 * p / (sj - si)
+                    if abs(x) <= _CLOSE:
+                        phi = _half_tan(x)
+                    else:
+                        close = True
                 if abs(q) > 0.5 * tol:
                     psi = _half_tan(2.0 * q / (si + sj))
                 a = phi + psi
@@ -288,11 +369,17 @@ def refine_svd(X, rank_rtol, warm):
                 KV[i, j] = b
                 KV[j, i] = -b
                 big = max(big, abs(a), abs(b))
-        _rotate(U, KU, big, False, Z, W, T)
-        _rotate(Vt, KV, big, True, Z, W, T)
-        if big > _RECHECK:
-            _orthonormal(U, W, Z, T)
-            _orthonormal(Vt, W, Z, T)
+        if big > 0.0:
+            _rotate(U, KU, big, False, Z, W, T)
+            _rotate(Vt, KV, big, True, Z, W, T)
+            if big > _RECHECK:
+                _orthonormal(U, W, Z, T)
+                _orthonormal(Vt, W, Z, T)
+        if close:
+            if big > 0.0:
+                np.dot(X.T, U, T)
+                np.dot(Vt, T, Dt)
+            _close_pairs(Dt, 0.5 * tol, U, Vt)
     return 0, smin, smax
 
 
