@@ -64,9 +64,11 @@ _RECHECK = 1e-4
 
 # Scratch slots of the warm buffer (after the factors in 0 and 1): a
 # product, the transformed matrix, two work matrices, the generators of U
-# and V, and R0 W.
-_T, _D, _Z, _W, _KU, _KV, _X = 2, 3, 4, 5, 6, 7, 8
-SLOTS = 9
+# and V, and R0 W; then a flag, warm[_META, 0, 0] == 1 when the factors
+# passed the orthogonality check and have not changed since (a step that
+# converges without a rotation then needs no new check).
+_T, _D, _Z, _W, _KU, _KV, _X, _META = 2, 3, 4, 5, 6, 7, 8, 9
+SLOTS = 10
 
 
 @njit(**JIT)
@@ -90,6 +92,7 @@ def is_warm(warm):
 @njit(**JIT)
 def make_cold(warm):
     warm[0, 0, 0] = np.nan
+    warm[_META, 0, 0] = 0.0
 
 
 @njit(**JIT)
@@ -235,6 +238,8 @@ def refine_eigh(M, warm):
     Z = warm[_Z]
     W = warm[_W]
     K = warm[_KU]
+    checked = warm[_META, 0, 0] == 1.0
+    warm[_META, 0, 0] = 0.0
     prev = np.inf
     for _ in range(MAX_SWEEPS):
         np.dot(M, Q, T)
@@ -250,12 +255,14 @@ def refine_eigh(M, warm):
         if off <= tol:
             # accepted only for an orthonormal Q; a repaired one is
             # re-evaluated by the next sweep
-            if _orthonormal(Q, W, Z, T) <= ORTH_TOL * n * eps:
+            if checked or _orthonormal(Q, W, Z, T) <= ORTH_TOL * n * eps:
+                warm[_META, 0, 0] = 1.0
                 return True
             continue
         if not off < prev:  # a sweep that does not shrink the coupling
             return False
         prev = off
+        checked = False  # Q turns below
         # skew generator: K_ij = tan(phi), tan(2 phi) = 2 e / (d_j - d_i),
         # for the pairs a simultaneous update resolves
         big = 0.0
@@ -313,6 +320,8 @@ def refine_svd(X, rank_rtol, warm):
     KV = warm[_KV]
     smin = 0.0
     smax = 0.0
+    checked = warm[_META, 0, 0] == 1.0
+    warm[_META, 0, 0] = 0.0
     prev = np.inf
     for _ in range(MAX_SWEEPS):
         np.dot(X.T, U, T)
@@ -332,14 +341,19 @@ def refine_svd(X, rank_rtol, warm):
                 if i != j:
                     off = max(off, abs(np.float64(Dt[i, j])))
         if off <= tol:
+            if checked:
+                warm[_META, 0, 0] = 1.0
+                return 1, smin, smax
             du = _orthonormal(U, W, Z, T)
             dv = _orthonormal(Vt, W, Z, T)
             if max(du, dv) <= ORTH_TOL * n * eps:
+                warm[_META, 0, 0] = 1.0
                 return 1, smin, smax
             continue
         if not off < prev:
             return 0, smin, smax
         prev = off
+        checked = False  # U and V turn below
         big = 0.0
         close = False
         for i in range(n):
@@ -404,6 +418,7 @@ def warm_eigh(M, warm):
         wl, Ql = np.linalg.eigh(M)
         w[:] = wl
         Q[:, :] = Ql
+        warm[_META, 0, 0] = 0.0  # LAPACK's Q: checked by the next step
     Qf = warm[_W].T
     Qf[:, :] = Q
     return w, Qf
@@ -450,3 +465,4 @@ def seed_svd(warm, U, Vt, full):
         return
     warm[0][:, :] = U
     warm[1][:, :] = Vt
+    warm[_META, 0, 0] = 0.0
