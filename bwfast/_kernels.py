@@ -724,12 +724,16 @@ def e2e_grad_tau(W, R0, S0, tr0, tau, G, rank0=-1, warm=None):
     r = _root_values(a, False)
     ri = _root_values(a, True)
     # trace of M^{1/2} from every eigenvalue but the structural zeros
-    order = np.argsort(w)
     skip = n - rank0 if rank0 >= 0 else 0
     total = _sumsq(W) + n * tau + tr0
     loss = total
-    for idx in range(skip, n):
-        loss -= 2.0 * np.sqrt(max(np.float64(w[order[idx]]), 0.0))
+    if skip > 0:
+        order = np.argsort(w)
+        for idx in range(skip, n):
+            loss -= 2.0 * np.sqrt(max(np.float64(w[order[idx]]), 0.0))
+    else:
+        for idx in range(n):
+            loss -= 2.0 * np.sqrt(max(np.float64(w[idx]), 0.0))
     Y = Q.T @ X
     for i in range(n):
         for j in range(Y.shape[1]):
