@@ -648,7 +648,8 @@ def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored, warm=None):
     Returns (loss, s_k / s_1); a ratio at or below rank_rtol means
     rank(R0 W) < k, where the loss has a kink. With a ``warm`` buffer
     (the descent loop's square full-rank case, see bwfast._small) the SVD
-    is refined from the previous step's factors when that converges.
+    is refined from the previous step's factors when that converges; the
+    second split-form term, zero at full rank, is then not formed.
     """
     n = W.shape[0]
     if warm is not None:

@@ -8,10 +8,13 @@ previous step are nearly those of the current one. The routines here take
 them as a starting point and refine them by a quadratically convergent
 iteration built from GEMMs: each sweep rotates every pair (i, j) of
 columns at once by the angle that annihilates the (i, j) coupling of the
-2 x 2 problem, as one sweep of Jacobi would, but applied as one orthogonal
-update Q <- Q exp(K) (to fourth order) instead of 190 sequential
+2 x 2 problem, as one sweep of Jacobi would, but applied as one update
+Q <- Q (I + K + K^2 / 2), orthogonal to O(K^4), instead of 190 sequential
 rotations. The update of a coupling e between values with gap g leaves
-e^2 / g, so two or three sweeps reach rounding from a step's change.
+e^2 / g, so one or two sweeps reach rounding from a step's change. Pairs
+of nearly equal values, whose angle is large and which simultaneous
+rotations would not settle, are rotated one after another as in cyclic
+Jacobi.
 
 The result is accepted only against a checked residual: the factors
 orthonormal to ``ORTH_TOL`` and the transformed matrix diagonal to
@@ -23,6 +26,10 @@ and its factors seed the next step.
 The warm-start state lives in one buffer per descent call, made by
 ``warm_buffer``: slot 0 (and 1 for the SVD) holds the factors, the other
 slots are scratch, so a refined step allocates only a vector.
+
+Numba's disk cache keys each function on its own file: after editing this
+module, touch _kernels.py (or clear bwfast/__pycache__), or its cached
+callers keep the old code compiled in.
 """
 
 import numpy as np
@@ -37,8 +44,8 @@ from ._config import JIT
 WARM_MAX_N = 64
 
 # Sweeps before falling back to LAPACK: a step that has not converged in
-# this many quadratic sweeps has moved the factors far, or has clustered
-# values the simultaneous rotations do not separate.
+# this many sweeps has moved the factors far (a sweep that does not shrink
+# the largest coupling ends the attempt earlier).
 MAX_SWEEPS = 8
 
 # Acceptance, in units of n * eps: off-diagonal entries of the transformed
@@ -49,8 +56,8 @@ MAX_SWEEPS = 8
 OFF_TOL = 2.0
 ORTH_TOL = 2.0
 
-# Rotation angles below this use tan(phi) ~ phi = x / 2 (x = tan 2 phi),
-# whose error x^3 is far below what the next sweep removes anyway.
+# For x = tan(2 phi) below this, tan(phi) is taken as x / 2, off by about
+# x^3 / 8: far below the x^2 that the next sweep removes anyway.
 _SMALL_ANGLE = 1e-4
 
 # Pairs whose rotation has tan(2 phi) above this are close (nearly equal
@@ -173,7 +180,8 @@ def _rotation(x):
 
 @njit(**JIT)
 def _turn_columns(A, p, q, c, s):
-    """A <- A J for the rotation J = [[c, s], [-s, c]] in columns p, q."""
+    """A <- A J for the rotation J = [[c, s], [-s, c]] in columns p, q
+    (on A.T: A <- J^T A in rows p, q)."""
     for k in range(A.shape[0]):
         ap = np.float64(A[k, p])
         aq = np.float64(A[k, q])
@@ -182,21 +190,12 @@ def _turn_columns(A, p, q, c, s):
 
 
 @njit(**JIT)
-def _turn_rows(A, p, q, c, s):
-    """A <- J^T A for the rotation J of _turn_columns."""
-    for k in range(A.shape[1]):
-        ap = np.float64(A[p, k])
-        aq = np.float64(A[q, k])
-        A[p, k] = c * ap - s * aq
-        A[q, k] = s * ap + c * aq
-
-
-@njit(**JIT)
-def _close_pairs(D, tol, L, R):
+def _close_pairs(D, tol, L, R, svd):
     """One cyclic Jacobi pass over the close pairs of D (the pairs whose
     rotation angle exceeds what a simultaneous update resolves): each is
-    rotated in turn, D <- J^T D J, L <- L J and, for the SVD, R <- J^T R
-    (R is V^T). Returns the number of rotations.
+    rotated in turn, D <- J^T D J, L <- L J and, for the ``svd``,
+    R <- J^T R (R is V^T; ignored otherwise). Returns the number of
+    rotations.
 
     The angle comes from the symmetric part of D, so for the SVD it turns
     U and V alike and leaves the polar factor U V^T as it is; it only
@@ -214,10 +213,10 @@ def _close_pairs(D, tol, L, R):
                 continue
             c, s = _rotation(x)
             _turn_columns(D, p, q, c, s)
-            _turn_rows(D, p, q, c, s)
+            _turn_columns(D.T, p, q, c, s)
             _turn_columns(L, p, q, c, s)
-            if R is not L:
-                _turn_rows(R, p, q, c, s)
+            if svd:
+                _turn_columns(R.T, p, q, c, s)
             count += 1
     return count
 
@@ -289,7 +288,7 @@ def refine_eigh(M, warm):
             if big > 0.0:
                 np.dot(M, Q, T)
                 np.dot(Q.T, T, D)
-            _close_pairs(D, tol, Q, Q)
+            _close_pairs(D, tol, Q, Q, False)
     return False
 
 
@@ -393,7 +392,7 @@ def refine_svd(X, rank_rtol, warm):
             if big > 0.0:
                 np.dot(X.T, U, T)
                 np.dot(Vt, T, Dt)
-            _close_pairs(Dt, 0.5 * tol, U, Vt)
+            _close_pairs(Dt, 0.5 * tol, U, Vt, True)
     return 0, smin, smax
 
 

@@ -105,10 +105,10 @@ def _small_step(depth, tau):
 
         # floor: the n x n GEMMs of one step, called from compiled code as
         # the descent loop calls them: 3 per layer, and 7 for the end-to-end
-        # gradient with a warm-started decomposition that is already
-        # converged (R0 W; U^T X V or Q^T M Q, 2; the orthogonality check,
-        # 2; applying the factors, 2). The loop calls no LAPACK routine
-        # while its refinement converges (bwfast._small).
+        # gradient when the warm-started decomposition needs no rotation
+        # (tau > 0: R0 W, X X^T, the check Q^T M Q (2) and M^{-1/2} X
+        # applied through R0 (3); tau = 0 needs 5). The loop calls no LAPACK
+        # routine while its refinement converges (bwfast._small).
         A = _spd(n, 3)
 
         reps = 20 if quick else 200
