@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange, types
 
 from ._config import JIT
+from ._small import WARM_MAX_N, active, polar_grad, seed_svd, warm_buffer, warm_eigh
 
 # Status codes returned by the descent kernel (see bwfast.train.Status).
 RUNNING = 0
@@ -234,6 +235,12 @@ _xxgemm = types.ExternalFunction(
 )
 
 
+# Up to this many multiply-adds, gemm_nt_update copies B^T and calls the
+# "NN" GEMM: at 20 x 20 x 20 OpenBLAS's "TN" case took 0.62 us and the
+# copy plus "NN" 0.49 us; at 64^3 8.7 us against 8.0 us.
+_NT_COPY_MAX = 64 ** 3
+
+
 @njit(**JIT)
 def gemm_nt_update(C, A, B, alpha):
     """C += alpha * A @ B.T in place; C (r, c), A (r, k), B (c, k), all
@@ -243,10 +250,38 @@ def gemm_nt_update(C, A, B, alpha):
     column-major terms: B seen as its (k, c) transpose, A as (k, r).
     """
     r, c = C.shape
+    work = np.empty(gemm_nt_work_size(r, c, A.shape[1]), C.dtype)
+    gemm_nt_update_work(C, A, B, alpha, work)
+
+
+@njit(**JIT)
+def gemm_nt_work_size(r, c, kk):
+    """Length of the scratch vector gemm_nt_update_work needs for updates
+    of C (r, c) from A (r, k) and B (c, k) up to these sizes."""
+    return 2 + (c * kk if r * c * kk <= _NT_COPY_MAX else 0)
+
+
+@njit(**JIT)
+def gemm_nt_update_work(C, A, B, alpha, work):
+    """gemm_nt_update with its scratch (alpha, beta and, when small, B^T)
+    in ``work``, so that a loop of updates allocates nothing."""
+    r, c = C.shape
     kk = A.shape[1]
-    al = np.full(1, alpha, C.dtype)
-    be = np.ones(1, C.dtype)
+    work[0] = alpha
+    work[1] = 1.0
+    al = work[0:1]
+    be = work[1:2]
     kind = ord("s") if C.itemsize == 4 else ord("d")
+    if work.shape[0] >= 2 + c * kk and r * c * kk <= _NT_COPY_MAX:
+        # small: B^T copied row-major is B column-major, so both operands
+        # go in untransposed ("NN", OpenBLAS's faster small-matrix case)
+        Bt = work[2:2 + c * kk].reshape((kk, c))
+        for i in range(c):
+            for j in range(kk):
+                Bt[j, i] = B[i, j]
+        _xxgemm(kind, ord("N"), ord("N"), c, r, kk, al.ctypes, Bt.ctypes, c,
+                A.ctypes, kk, be.ctypes, C.ctypes, c)
+        return
     _xxgemm(kind, ord("T"), ord("N"), c, r, kk, al.ctypes, B.ctypes, kk,
             A.ctypes, kk, be.ctypes, C.ctypes, c)
 
@@ -600,7 +635,7 @@ def _thin_svd_product(R0, A, B):
 
 
 @njit(**JIT)
-def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
+def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored, warm=None):
     """Loss and end-to-end gradient at tau = 0 through the factor route.
 
     With the thin SVD R0 W = U S V^T cut to its k leading triplets,
@@ -611,9 +646,16 @@ def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
     through the factors (see _thin_svd_product). Triplets with
     s_i <= rank_rtol * s_1 count as zero (the minimum-norm subgradient).
     Returns (loss, s_k / s_1); a ratio at or below rank_rtol means
-    rank(R0 W) < k, where the loss has a kink.
+    rank(R0 W) < k, where the loss has a kink. With a ``warm`` buffer
+    (the descent loop's square full-rank case, see bwfast._small) the SVD
+    is refined from the previous step's factors when that converges; the
+    second split-form term, zero at full rank, is then not formed.
     """
     n = W.shape[0]
+    if warm is not None:
+        done, loss, ratio = polar_grad(W, R0, rank_rtol, G, warm)
+        if done:
+            return loss, ratio
     if factored:
         U, s, Vt = _thin_svd_product(R0, A, B)
     else:
@@ -623,6 +665,8 @@ def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
     m = 0
     while m < kk and s[m] > thr:
         m += 1
+    if warm is not None:
+        seed_svd(warm, U, Vt, m == n)
     Um = np.ascontiguousarray(U[:, :m])
     P = (R0 @ Um) @ np.ascontiguousarray(Vt[:m, :])
     loss = 0.0
@@ -638,7 +682,7 @@ def e2e_grad_tau0(W, R0, k, rank_rtol, G, A, B, factored):
 
 
 @njit(**JIT)
-def e2e_grad_tau(W, R0, S0, tr0, tau, G, rank0=-1):
+def e2e_grad_tau(W, R0, S0, tr0, tau, G, rank0=-1, warm=None):
     """Loss and end-to-end gradient for tau > 0 through one eigendecomposition.
 
     M = R0 (W W^T + tau I) R0 = X X^T + tau S0 with X = R0 W, and
@@ -662,6 +706,9 @@ def e2e_grad_tau(W, R0, S0, tr0, tau, G, rank0=-1):
     misses) and cutting them biases tr M^{1/2}. M is singular only along
     the null space of S0, whose dimension n - rank0 is known: that many
     smallest eigenvalues are structural zeros (rank0 < 0: none).
+
+    With a ``warm`` buffer (the descent loop, see bwfast._small) the
+    eigendecomposition is refined from the previous step's eigenvectors.
     """
     n = W.shape[0]
     X = R0 @ W
@@ -669,18 +716,25 @@ def e2e_grad_tau(W, R0, S0, tr0, tau, G, rank0=-1):
     for i in range(n):
         for j in range(n):
             M[i, j] += tau * S0[i, j]
-    w, Q = _eigh_raw(M, True)
+    if warm is None:
+        w, Q = _eigh_raw(M, True)
+    else:
+        w, Q = warm_eigh(M, warm)
     a = _clamp_eigs(w)
     amax = w.max()
     r = _root_values(a, False)
     ri = _root_values(a, True)
     # trace of M^{1/2} from every eigenvalue but the structural zeros
-    order = np.argsort(w)
     skip = n - rank0 if rank0 >= 0 else 0
     total = _sumsq(W) + n * tau + tr0
     loss = total
-    for idx in range(skip, n):
-        loss -= 2.0 * np.sqrt(max(np.float64(w[order[idx]]), 0.0))
+    if skip > 0:
+        order = np.argsort(w)
+        for idx in range(skip, n):
+            loss -= 2.0 * np.sqrt(max(np.float64(w[order[idx]]), 0.0))
+    else:
+        for idx in range(n):
+            loss -= 2.0 * np.sqrt(max(np.float64(w[idx]), 0.0))
     Y = Q.T @ X
     for i in range(n):
         for j in range(Y.shape[1]):
@@ -779,12 +833,13 @@ def _bottleneck_factors(theta, dims, pbuf):
 
 @njit(**JIT)
 def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
-                    loss_kind=BW_LOSS, rank0=-1):
+                    loss_kind=BW_LOSS, rank0=-1, warm=None):
     """Prefix products (into pbuf), loss and end-to-end gradient G = dL/dW.
 
     Returns (loss, ratio, measure) with measure = ||G||_F ||W||_F, the
     first-order change of the loss under a relative perturbation of W
-    (-1 if G is not finite).
+    (-1 if G is not finite). ``warm`` is the descent loop's warm-start
+    buffer (``warm_state``); None or an empty one keeps the direct route.
     """
     N = dims.shape[0] - 1
     d0 = dims[0]
@@ -811,10 +866,19 @@ def network_forward(theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
         return np.inf, 0.0, -1.0
 
     # end-to-end loss and gradient
+    on = False
+    if warm is not None:
+        on = active(warm)
     if loss_kind == FROBENIUS_LOSS:
         loss, ratio = e2e_grad_frobenius(prev, S0, tau, G)
     elif tau > 0.0:
-        loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G, rank0)
+        if on:
+            loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G, rank0, warm)
+        else:
+            loss, ratio = e2e_grad_tau(prev, R0, S0, tr0, tau, G, rank0)
+    elif on:
+        loss, ratio = e2e_grad_tau0(prev, R0, k, rank_rtol, G, prev, prev, False,
+                                    warm)
     else:
         factored, A, Bf = _bottleneck_factors(theta, dims, pbuf)
         loss, ratio = e2e_grad_tau0(prev, R0, k, rank_rtol, G, A, Bf, factored)
@@ -893,6 +957,15 @@ def network_backward_update(theta, dims, pbuf, G, lr, measure):
     off = layer_offsets(dims)
     best = -1.0
     total = -1.0 if not measure else 0.0
+    # B_{j-1} into two alternating buffers rather than a new array a layer
+    hmax = 0
+    for j in range(1, N):
+        hmax = max(hmax, dims[j])
+    bbuf = np.empty(2 * hmax * d0, theta.dtype)
+    rmax = 0
+    for j in range(2, N + 1):
+        rmax = max(rmax, dims[j])
+    gwork = np.empty(gemm_nt_work_size(rmax, hmax, d0), theta.dtype)
     B = G
     for j in range(N, 0, -1):
         Wj = _view(theta, off[j - 1], dims[j], dims[j - 1])
@@ -912,8 +985,9 @@ def network_backward_update(theta, dims, pbuf, G, lr, measure):
                 ws = _segment_sumsq(theta, off[j - 1], off[j])
                 best = max(best, np.sqrt(gs) * np.sqrt(ws))
                 total += gs
-            Bnext = Wj.T @ B
-            gemm_nt_update(Wj, B, Pprev, -lr)
+            Bnext = _view(bbuf, (j % 2) * hmax * d0, dims[j - 1], d0)
+            np.dot(Wj.T, B, Bnext)
+            gemm_nt_update_work(Wj, B, Pprev, -lr, gwork)
             B = Bnext
     return best, total
 
@@ -1056,6 +1130,22 @@ def record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss, loss_kind,
 
 
 @njit(**JIT)
+def warm_state(dims, tau, k, loss_kind, theta):
+    """The descent loop's warm-start buffer (bwfast._small), or an empty
+    one where the direct route stays: the BW loss with n <= WARM_MAX_N and,
+    at tau = 0, a square full-rank end-to-end matrix (d_0 = n = k, every
+    width at least n); at tau > 0 any widths, n above JACOBI_MAX_N (below
+    it the cold Jacobi solve is as cheap)."""
+    n = dims[-1]
+    on = loss_kind == BW_LOSS and n <= WARM_MAX_N
+    if tau > 0.0:
+        on = on and n > JACOBI_MAX_N
+    else:
+        on = on and dims[0] == n and k == n
+    return warm_buffer(n if on else 0, theta)
+
+
+@njit(**JIT)
 def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
             tol_abs, div_limit, hist, hbase, every, pbuf, G, loss_kind, rank0,
             diag, Omk, dconst):
@@ -1078,14 +1168,19 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
     gradient norm column from the update's own factors.
     Returns (step, status, loss, measure): step is the number of updates
     applied, loss the loss at the returned weights, measure the last one
-    computed.
+    computed. For small networks each step refines the previous step's
+    SVD or eigendecomposition instead of calling LAPACK (see warm_state
+    and bwfast._small); the state lives in this call only, so the first
+    step of each call takes the direct route.
     """
     record = diag.shape[0] > 0
     step = start
     meas = np.nan
+    warm = warm_state(dims, tau, k, loss_kind, theta)
     while True:
         loss, ratio, emeas = network_forward(
-            theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind, rank0
+            theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind, rank0,
+            warm
         )
         check = step % every == 0
         row = step // every - hbase
@@ -1113,7 +1208,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
             if meas <= tol_abs:
                 loss, _, _ = network_forward(
                     theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G,
-                    loss_kind, rank0
+                    loss_kind, rank0, warm
                 )
                 if step % every == 0 and step <= stop:
                     row = step // every - hbase
