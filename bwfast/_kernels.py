@@ -13,7 +13,17 @@ import numpy as np
 from numba import njit, prange, types
 
 from ._config import JIT
-from ._small import WARM_MAX_N, active, polar_grad, seed_svd, warm_buffer, warm_eigh
+from ._small import (
+    WARM_MAX_N,
+    active,
+    is_warm,
+    polar_grad,
+    refine_svd,
+    seed_svd,
+    singular_values,
+    warm_buffer,
+    warm_eigh,
+)
 
 # Status codes returned by the descent kernel (see bwfast.train.Status).
 RUNNING = 0
@@ -1081,7 +1091,7 @@ def bw_squared_network(W, R0, S0, tr0, tau, k, rank0):
 
 @njit(**JIT)
 def record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss, loss_kind,
-                       rank0, Omk, dconst, row):
+                       rank0, Omk, dconst, row, dwarm):
     """Fill one diagnostics record at the current weights, before the update.
 
     row[D_GAP] = loss - optimum (dconst[1]); row[D_MARGIN] = sqrt(lambda_k)
@@ -1093,7 +1103,9 @@ def record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss, loss_kind,
     the end-to-end gradient dL/dW; row[D_SIGMA + i] =
     the singular values sigma_1 >= ... >= sigma_k of W. The gradient norm
     row[D_GRAD] is left to the caller, who has it from the update. A
-    non-finite W leaves the record as it is (NaN).
+    non-finite W leaves the record as it is (NaN). For a square W with an
+    active warm buffer ``dwarm`` (see diag_warm), the SVD of W is refined
+    from the previous record's, as the descent loop refines its own.
     """
     N = dims.shape[0] - 1
     W = _prefix(theta, pbuf, dims, N)
@@ -1110,23 +1122,54 @@ def record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss, loss_kind,
         bw2 = bw_squared_network(W, R0, S0, tr0, tau, Omk.shape[1], rank0)
     row[D_MARGIN] = dconst[0] - np.sqrt(max(np.float64(bw2), 0.0))
     defect = 0.0
+    hmax = 0
+    for j in range(1, N):
+        hmax = max(hmax, dims[j])
+    g1 = np.empty(hmax * hmax, theta.dtype)
+    g2 = np.empty(hmax * hmax, theta.dtype)
     for j in range(1, N):
         A = _view(theta, off[j - 1], dims[j], dims[j - 1])
         B = _view(theta, off[j], dims[j + 1], dims[j])
-        D = B.T @ B - A @ A.T
-        defect = max(defect, np.sqrt(_sumsq(D)))
+        BtB = _view(g1, 0, dims[j], dims[j])
+        AAt = _view(g2, 0, dims[j], dims[j])
+        np.dot(B.T, B, BtB)
+        np.dot(A, A.T, AAt)
+        acc = 0.0
+        for r in range(dims[j]):
+            for c in range(dims[j]):
+                d = np.float64(BtB[r, c]) - np.float64(AAt[r, c])
+                acc += d * d
+        defect = max(defect, np.sqrt(acc))
     row[D_BALANCE] = defect
     k = Omk.shape[1]
     factored, A, Bf = _bottleneck_factors(theta, dims, pbuf)
     if factored:  # a k x k SVD through the factors, as in the tau = 0 loss
         eye = np.eye(W.shape[0], dtype=W.dtype)
         U, s, _ = _thin_svd_product(eye, A, Bf)
+    elif active(dwarm) and is_warm(dwarm) and refine_svd(W, -1.0, dwarm)[0] == 1:
+        U = dwarm[0]
+        s = np.sort(singular_values(dwarm))[::-1]  # k = n: all of U counts
     else:
-        U, s, _ = np.linalg.svd(W, full_matrices=False)
+        U, s, Vt = np.linalg.svd(W, full_matrices=False)
+        if active(dwarm):
+            seed_svd(dwarm, U, Vt, True)
     C = np.ascontiguousarray(U[:, :k]).T @ Omk
     row[D_ALIGN] = _sumsq(C) / k
     for i in range(k):
         row[D_SIGMA + i] = s[i]
+
+
+@njit(**JIT)
+def diag_warm(dims, record, theta):
+    """Warm-start buffer for the diagnostics' SVD of a square end-to-end W
+    (d_0 = n <= WARM_MAX_N, no bottleneck), empty otherwise or without
+    records: records are a stride of steps apart, close enough for the
+    refinement to converge in a sweep or two."""
+    n = dims[-1]
+    on = record and dims[0] == n and n <= WARM_MAX_N
+    for j in range(1, dims.shape[0] - 1):
+        on = on and dims[j] >= n
+    return warm_buffer(n if on else 0, theta)
 
 
 @njit(**JIT)
@@ -1174,6 +1217,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
     step of each call takes the direct route.
     """
     record = diag.shape[0] > 0
+    dwarm = diag_warm(dims, record, theta)
     step = start
     meas = np.nan
     warm = warm_state(dims, tau, k, loss_kind, theta)
@@ -1188,7 +1232,8 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
             hist[row] = loss
             if record:
                 record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss,
-                                   loss_kind, rank0, Omk, dconst, diag[row])
+                                   loss_kind, rank0, Omk, dconst, diag[row],
+                                   dwarm)
         if not np.isfinite(loss) or loss > div_limit or emeas < 0.0:
             return step, DIVERGED, loss, np.nan
         if loss_kind == BW_LOSS and tau <= 0.0 and ratio <= rank_rtol:
@@ -1216,7 +1261,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
                     if record:
                         record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau,
                                            loss, loss_kind, rank0, Omk, dconst,
-                                           diag[row])
+                                           diag[row], dwarm)
                         diag[row, D_GRAD] = np.sqrt(
                             layer_measure(theta, dims, pbuf, G)[1])
                 return step, CONVERGED, loss, meas

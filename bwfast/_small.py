@@ -456,6 +456,20 @@ def polar_grad(W, R0, rank_rtol, G, warm):
 
 
 @njit(**JIT)
+def singular_values(warm):
+    """After an accepted refine_svd: the singular values, the diagonal of
+    U^T X V, in the order of the columns of U = warm[0] (which the
+    refinement keeps from its seed; callers that need them sorted sort
+    them)."""
+    D = warm[_D]
+    n = D.shape[0]
+    s = np.empty(n, D.dtype)
+    for i in range(n):
+        s[i] = D[i, i]
+    return s
+
+
+@njit(**JIT)
 def seed_svd(warm, U, Vt, full):
     """Store LAPACK's factors for the next step (``full``: no rank drop),
     else mark the buffer cold."""

@@ -546,6 +546,7 @@ class _Problem:
         self.ncol = K.D_SIGMA + k
         self.Omk = np.ascontiguousarray(t.eigvecs[:, :k], dtype=dtype)
         self.dconst = np.array([np.sqrt(t.eigvals[k - 1]), self.opt])
+        self._no_warm = K.warm_buffer(0, self.Omk)  # direct SVD for one record
         # scale of the convergence test and of divergence: the target's total
         # variance plus the isotropic part (1 if both vanish)
         scale = t.trace + t.n * tau or 1.0
@@ -601,7 +602,8 @@ class _Problem:
         w = self.work
         K.record_diagnostics(theta, self.dims, w.pbuf, w.G, self.R0, self.S0,
                              self.t.trace, self.tau, loss, self.kind,
-                             self.t.rank, self.Omk, self.dconst, row)
+                             self.t.rank, self.Omk, self.dconst, row,
+                             self._no_warm)
         row[K.D_GRAD] = np.sqrt(K.layer_measure(theta, self.dims, w.pbuf, w.G)[1])
         return loss
 

@@ -52,6 +52,22 @@ def test_diagnostics_match_direct_computation(target5, tau):
         assert d.e2e_grad_norm[-1] == pytest.approx(np.linalg.norm(G), rel=1e-8)
 
 
+@pytest.mark.parametrize("tau", [0.0, 0.4])
+def test_square_network_records_refined_svd(target5, tau):
+    # d0 = n with no bottleneck: the loop refines the SVD of W from one
+    # record to the next instead of calling LAPACK; the last record (at
+    # the step limit, in the loop) against LAPACK at the final weights
+    res = fit(target5, (5, 5, 5, 5), tau=tau, steps=100, record_every=10,
+              tol=0.0)
+    d = res.diagnostics
+    assert d.steps[-1] == 100
+    W = bwfast.end_to_end([np.array(w) for w in res.weights])
+    s = np.linalg.svd(W, compute_uv=False)
+    np.testing.assert_allclose(d.sigma[-1], s, rtol=1e-12)
+    assert np.all(np.diff(d.sigma, axis=1) <= 0)  # sorted, every record
+    np.testing.assert_allclose(d.alignment, 1.0, atol=1e-12)
+
+
 def test_diagnostics_along_a_converging_run(target5):
     res = fit(target5, (5, 3, 3, 5), record_every=5)
     d = res.diagnostics
