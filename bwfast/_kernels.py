@@ -1146,7 +1146,7 @@ def record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss, loss_kind,
     if factored:  # a k x k SVD through the factors, as in the tau = 0 loss
         eye = np.eye(W.shape[0], dtype=W.dtype)
         U, s, _ = _thin_svd_product(eye, A, Bf)
-    elif active(dwarm) and is_warm(dwarm) and refine_svd(W, -1.0, dwarm)[0] == 1:
+    elif active(dwarm) and is_warm(dwarm) and refine_svd(W, 0.0, dwarm)[0] == 1:
         U = dwarm[0]
         s = np.sort(singular_values(dwarm))[::-1]  # k = n: all of U counts
     else:

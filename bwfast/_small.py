@@ -103,6 +103,16 @@ def make_cold(warm):
 
 
 @njit(**JIT)
+def _ratio(num, den):
+    """num / den for tan(2 phi), +-inf when den is 0 (equal values: a
+    rotation by pi / 4). Numba raises ZeroDivisionError on a float division
+    by zero, where NumPy would give the infinity."""
+    if den == 0.0:
+        return np.inf if num >= 0.0 else -np.inf
+    return num / den
+
+
+@njit(**JIT)
 def _half_tan(x):
     """tan(phi) for tan(2 phi) = x, |phi| <= pi / 4 (x may be +-inf)."""
     if abs(x) < _SMALL_ANGLE:
@@ -208,7 +218,7 @@ def _close_pairs(D, tol, L, R, svd):
             e = 0.5 * (np.float64(D[p, q]) + D[q, p])
             if abs(e) <= tol:
                 continue
-            x = 2.0 * e / (np.float64(D[q, q]) - D[p, p])
+            x = _ratio(2.0 * e, np.float64(D[q, q]) - D[p, p])
             if abs(x) <= _CLOSE:
                 continue
             c, s = _rotation(x)
@@ -272,7 +282,7 @@ def refine_eigh(M, warm):
                 e = 0.5 * (np.float64(D[i, j]) + D[j, i])
                 t = 0.0
                 if abs(e) > tol:
-                    x = 2.0 * e / (np.float64(D[j, j]) - D[i, i])
+                    x = _ratio(2.0 * e, np.float64(D[j, j]) - D[i, i])
                     if abs(x) <= _CLOSE:
                         t = _half_tan(x)
                     else:
@@ -368,13 +378,13 @@ def refine_svd(X, rank_rtol, warm):
                 phi = 0.0
                 psi = 0.0
                 if abs(p) > 0.5 * tol:
-                    x = 2.0 * p / (sj - si)
+                    x = _ratio(2.0 * p, sj - si)
                     if abs(x) <= _CLOSE:
                         phi = _half_tan(x)
                     else:
                         close = True
                 if abs(q) > 0.5 * tol:
-                    psi = _half_tan(2.0 * q / (si + sj))
+                    psi = _half_tan(_ratio(2.0 * q, si + sj))
                 a = phi + psi
                 b = phi - psi
                 KU[i, j] = a

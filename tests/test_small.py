@@ -281,3 +281,45 @@ def test_which_networks_get_a_warm_start(widths, tau, loss, refined):
     k = int(dims.min())
     warm = K.warm_state(dims, tau, k, loss, np.zeros(1))
     assert warm.shape[1] == (widths[-1] if refined else 0)
+
+
+def test_exactly_equal_values_do_not_divide_by_zero():
+    # a coupling between two exactly equal diagonal entries asks for a
+    # rotation by pi / 4 (tan 2 phi = e / 0): no ZeroDivisionError in the
+    # compiled code, and the eigenvalues come out right
+    n = 10
+    d = np.array([3.0, 2.0, 2.0, 2.0, 1.5, 1.0, 1.0, 0.5, 0.5, 0.25])
+    M = np.diag(d)
+    M[1, 2] = M[2, 1] = 1e-3
+    M[7, 8] = M[8, 7] = 1e-6
+    warm = S.warm_buffer(n, M)
+    warm[0][:, :] = np.eye(n)
+    S.make_cold(warm)
+    warm[0][:, :] = np.eye(n)  # warm start at the identity
+    w, Q = S.warm_eigh(M, warm)
+    np.testing.assert_allclose(np.sort(w), np.linalg.eigvalsh(M), rtol=0,
+                               atol=1e-14)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(n), atol=1e-14)
+    np.testing.assert_allclose(Q @ np.diag(w) @ Q.T, M, atol=1e-14)
+    X = np.diag(d)
+    X[1, 2] = 1e-3
+    warm = S.warm_buffer(n, X)
+    S.seed_svd(warm, np.eye(n), np.eye(n), True)
+    status, smin, smax = S.refine_svd(X, 0.0, warm)
+    if status == 1:
+        s = np.sort(S.singular_values(warm))[::-1]
+        np.testing.assert_allclose(s, np.linalg.svd(X, compute_uv=False),
+                                   rtol=0, atol=1e-14)
+
+
+def test_training_on_a_target_with_a_repeated_floor():
+    # the floor lambda_min repeated many times, rotated: the tau > 0 loop
+    # refines eigenvectors of nearly equal eigenvalues every step
+    from bwfast.targets import synthetic_target
+
+    t = synthetic_target("power", 12, lambda_max=1.0, lambda_min=0.3,
+                         decay=2.0, seed=0)
+    assert np.sum(np.isclose(t.eigvals, 0.3)) > 5
+    res = fit(t, (12,) * 5, tau=0.1)
+    assert res.converged, res.message
+    assert res.relative_gap < 1e-10
