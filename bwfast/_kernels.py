@@ -1146,17 +1146,28 @@ def record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss, loss_kind,
     if factored:  # a k x k SVD through the factors, as in the tau = 0 loss
         eye = np.eye(W.shape[0], dtype=W.dtype)
         U, s, _ = _thin_svd_product(eye, A, Bf)
-    elif active(dwarm) and is_warm(dwarm) and refine_svd(W, 0.0, dwarm)[0] == 1:
-        U = dwarm[0]
-        s = np.sort(singular_values(dwarm))[::-1]  # k = n: all of U counts
     else:
-        U, s, Vt = np.linalg.svd(W, full_matrices=False)
-        if active(dwarm):
-            seed_svd(dwarm, U, Vt, True)
+        U, s = _diag_svd(W, dwarm)
     C = np.ascontiguousarray(U[:, :k]).T @ Omk
     row[D_ALIGN] = _sumsq(C) / k
     for i in range(k):
         row[D_SIGMA + i] = s[i]
+
+
+@njit(**JIT)
+def _diag_svd(W, dwarm):
+    """(U, s) of W, s descending: refined from the previous record's factors
+    in ``dwarm`` when it holds them (a square full-rank W, see diag_warm),
+    else by LAPACK, whose factors then seed dwarm. None: LAPACK only."""
+    if dwarm is not None:
+        if is_warm(dwarm) and refine_svd(W, 0.0, dwarm)[0] == 1:
+            # k = n here, so the order of U's columns does not matter
+            return dwarm[0], np.sort(singular_values(dwarm))[::-1]
+        U, s, Vt = np.linalg.svd(W, full_matrices=False)
+        seed_svd(dwarm, U, Vt, True)
+        return U, s
+    U, s, _ = np.linalg.svd(W, full_matrices=False)
+    return U, s
 
 
 @njit(**JIT)
@@ -1191,7 +1202,7 @@ def warm_state(dims, tau, k, loss_kind, theta):
 @njit(**JIT)
 def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
             tol_abs, div_limit, hist, hbase, every, pbuf, G, loss_kind, rank0,
-            diag, Omk, dconst):
+            diag, Omk, dconst, warm, dwarm):
     """Full-batch gradient descent in place on theta, from step start.
 
     At each step the loss and G = dL/dW are evaluated at the current
@@ -1205,22 +1216,22 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
     update has been applied: the loss is evaluated once more at the final
     weights and the run stops as converged. The call returns RUNNING once
     step reaches stop < limit, so that the caller can report progress.
-    With diag.shape[0] > 0, each stored loss gets a diagnostics record in
-    diag[step // every - hbase] (see record_diagnostics; Omk holds the
-    target's top-k eigenvectors, dconst = [sqrt(lambda_k), optimum]), the
-    gradient norm column from the update's own factors.
+    With a ``diag`` array (not None), each stored loss gets a diagnostics
+    record in diag[step // every - hbase] (see record_diagnostics; Omk holds
+    the target's top-k eigenvectors, dconst = [sqrt(lambda_k), optimum]),
+    the gradient norm column from the update's own factors.
     Returns (step, status, loss, measure): step is the number of updates
     applied, loss the loss at the returned weights, measure the last one
-    computed. For small networks each step refines the previous step's
-    SVD or eigendecomposition instead of calling LAPACK (see warm_state
-    and bwfast._small); the state lives in this call only, so the first
-    step of each call takes the direct route.
+    computed. With a ``warm`` buffer (warm_state) each step refines the
+    previous step's SVD or eigendecomposition instead of calling LAPACK
+    (bwfast._small), and with ``dwarm`` (diag_warm) the diagnostics refine
+    theirs; the buffers carry over between calls. None for any of diag,
+    warm and dwarm compiles a loop without that code: Numba prunes the
+    branches on None arguments, which keeps the first call of a plain run
+    short.
     """
-    record = diag.shape[0] > 0
-    dwarm = diag_warm(dims, record, theta)
     step = start
     meas = np.nan
-    warm = warm_state(dims, tau, k, loss_kind, theta)
     while True:
         loss, ratio, emeas = network_forward(
             theta, dims, R0, S0, tr0, tau, k, rank_rtol, pbuf, G, loss_kind, rank0,
@@ -1230,7 +1241,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
         row = step // every - hbase
         if check:
             hist[row] = loss
-            if record:
+            if diag is not None:
                 record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau, loss,
                                    loss_kind, rank0, Omk, dconst, diag[row],
                                    dwarm)
@@ -1240,13 +1251,15 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
             return step, RANK_DROPPED, loss, meas
         if step >= limit:
             meas, gsum = layer_measure(theta, dims, pbuf, G)
-            if check and record:
-                diag[row, D_GRAD] = np.sqrt(gsum)
+            if diag is not None:
+                if check:
+                    diag[row, D_GRAD] = np.sqrt(gsum)
             status = CONVERGED if meas <= tol_abs else STEP_LIMIT
             return step, status, loss, meas
         m, gsum = network_backward_update(theta, dims, pbuf, G, lr, check)
-        if check and record:
-            diag[row, D_GRAD] = np.sqrt(gsum)
+        if diag is not None:
+            if check:
+                diag[row, D_GRAD] = np.sqrt(gsum)
         step += 1
         if check:
             meas = m
@@ -1258,7 +1271,7 @@ def descend(theta, dims, R0, S0, tr0, tau, k, rank_rtol, lr, start, stop, limit,
                 if step % every == 0 and step <= stop:
                     row = step // every - hbase
                     hist[row] = loss
-                    if record:
+                    if diag is not None:
                         record_diagnostics(theta, dims, pbuf, G, R0, S0, tr0, tau,
                                            loss, loss_kind, rank0, Omk, dconst,
                                            diag[row], dwarm)

@@ -70,10 +70,12 @@ def stepper(target, widths, weights, tau, lr, steps):
     k = max(min(int(dims.min()), target.rank), 1)
     rr = rank_rtol(dims, dtype)
     hist = np.empty(steps + 1)
-    # no diagnostics records: the loop as fit(diagnostics=False) runs it
-    no_diag = np.empty((0, K.D_SIGMA))
+    # no diagnostics records: the loop as fit(diagnostics=False) runs it,
+    # with the same warm start
     no_vecs = np.empty((target.n, 0), dtype)
     no_const = np.zeros(2)
+    warm = K.warm_state(dims, tau, k, K.BW_LOSS, theta)
+    warm = warm if warm.shape[1] > 0 else None
 
     def run():
         with blas_limit(int(dims.max())):
@@ -81,7 +83,7 @@ def stepper(target, widths, weights, tau, lr, steps):
             done, code, _, _ = K.descend(
                 theta, dims, R0, S0, target.trace, tau, k, rr, lr, 0, steps,
                 steps, 0.0, np.inf, hist, 0, 10, work.pbuf, work.G,
-                K.BW_LOSS, -1, no_diag, no_vecs, no_const)
+                K.BW_LOSS, -1, None, no_vecs, no_const, warm, None)
         if done != steps:  # a timing of steps that did not run means nothing
             raise RuntimeError(f"benchmark run stopped at step {done} of "
                                f"{steps} with status code {code}")

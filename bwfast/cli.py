@@ -376,15 +376,15 @@ def _add_fit(commands):
     out.add_argument(
         "--force",
         action="store_true",
-        help="replace existing files in DIR (never a symbolic link or a "
-        "directory; only with --out)",
+        help="replace existing files in DIR and an existing --plot FILE "
+        "(never a symbolic link or a directory; only with --out or --plot)",
     )
     out.add_argument(
         "--plot",
         metavar="FILE.png",
         help="draw the log-gap to the optimum, the learned spectrum against "
         "the target's and the balancedness defect (matplotlib); an existing "
-        "FILE is never replaced",
+        "FILE is replaced only with --force",
     )
     out.add_argument(
         "--json", action="store_true", help="print the summary as JSON on stdout"
@@ -501,7 +501,7 @@ def _run_fit(args):
     if out_dir is not None:
         _check_out_dir(out_dir, args.force)
     if args.plot is not None:
-        _check_new_png(args.plot, "--plot")
+        _check_new_png(args.plot, "--plot", args.force)
 
     # Only what the user set: every other default is fit's own.
     kwargs = {
@@ -510,8 +510,9 @@ def _run_fit(args):
                      "method", "init")
         if getattr(args, name) is not None
     }
-    if args.plot is not None:
-        kwargs["diagnostics"] = True  # the defect panel needs them
+    # the defect panel needs the diagnostics; without a plot nothing shows
+    # them, and a loop compiled without them starts faster
+    kwargs["diagnostics"] = args.plot is not None
     if args.float32:
         kwargs["dtype"] = np.float32
     max_steps = kwargs.get("steps", _fit_defaults()["steps"])
@@ -560,7 +561,8 @@ def _run_fit(args):
             summary["exit_code"] = code
     if args.plot is not None:
         try:
-            _save_figure(args.plot, lambda: _run_plot(result, target))
+            _save_figure(args.plot, lambda: _run_plot(result, target),
+                         args.force)
             summary.setdefault("files", []).append(args.plot)
         except (OSError, ImportError) as exc:
             code = _fail(f"--plot: cannot write '{args.plot}': {_one_line(exc)}",
@@ -579,9 +581,10 @@ def _run_plot(result, target):
     return run_figure(result, target)
 
 
-def _check_new_png(path, flag):
-    """Refuse a plot path that is not .png, exists, or cannot be created, and
-    a plot without matplotlib (an optional dependency), before training."""
+def _check_new_png(path, flag, force=False):
+    """Refuse a plot path that is not .png, exists (unless ``force`` and a
+    regular file), or cannot be created, and a plot without matplotlib (an
+    optional dependency), before training."""
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
@@ -592,7 +595,13 @@ def _check_new_png(path, flag):
     if plot.suffix.lower() != ".png":
         raise _UsageError(f"{flag} must name a .png file; got '{plot}'")
     if os.path.lexists(plot):  # a dangling link counts too
-        raise _UsageError(f"{flag} file '{plot}' exists; not overwritten")
+        if plot.is_symlink() or not plot.is_file():
+            raise _UsageError(
+                f"{flag} '{plot}' exists and is a symbolic link or not a "
+                "regular file; never replaced, even with --force")
+        if not force:
+            raise _UsageError(f"{flag} file '{plot}' exists; not overwritten "
+                              "(pass --force to replace it)")
     parent = plot.parent if str(plot.parent) else Path(".")
     if not parent.is_dir():
         raise _UsageError(f"{flag}: directory '{parent}' does not exist")
@@ -600,9 +609,10 @@ def _check_new_png(path, flag):
         raise _UsageError(f"{flag}: cannot create files in '{parent}'")
 
 
-def _save_figure(path, draw):
-    """Draw a figure and save it under the new name ``path`` through a
-    temporary file, never replacing anything that appeared there."""
+def _save_figure(path, draw, force=False):
+    """Draw a figure and save it as ``path`` through a temporary file: a
+    rename over a regular file with ``force``, else a new name only, never
+    replacing anything that appeared there."""
     plot = Path(path)
     fd, tmp = tempfile.mkstemp(dir=plot.parent if str(plot.parent) else ".",
                                prefix=_TMP_PREFIX, suffix=".png")
@@ -611,17 +621,17 @@ def _save_figure(path, draw):
         os.close(fd)
         draw().savefig(tmp, format="png", dpi=100)
         os.chmod(tmp, 0o666 & ~_umask())
-        _install(tmp, plot, force=False)
+        _install(tmp, plot, force=force)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def _check_fit_options(args):
     """Refuse options that would be ignored, and runs too big to record."""
-    if args.force and args.out is None:
+    if args.force and args.out is None and args.plot is None:
         raise _UsageError(
-            "--force: applies only with --out DIR (it allows replacing files "
-            "there); pass --out DIR or drop --force"
+            "--force: applies only with --out DIR or --plot FILE (it allows "
+            "replacing files there); pass one of them or drop --force"
         )
     if args.method == "flow" and args.float32:
         raise _UsageError(
@@ -806,7 +816,8 @@ def _format_summary(s):
         ("steps", f"{s['steps']}"),
         ("wall time", f"{s['wall_time']:.3f} s in the descent loop"),
         ("total time", f"{s['total_time']:.3f} s for the whole command"),
-        ("balancedness", f"{s['balancedness']:.3e}"),
+        ("balancedness", f"{s['balancedness']:.3e} (relative: max_j "
+                         "||W_{j+1}^T W_{j+1} - W_j W_j^T|| / ||W_j W_j^T||)"),
         ("lr", f"{s['lr']:.6g}"),
         ("margin", f"{s['margin']:.4g} at the start "
                    "(sqrt(lambda_k) - BW(W W^T + tau I, target))"),

@@ -86,5 +86,5 @@ def run_figure(result, target):
         ax_bal.set_ylabel("max_j ||W_{j+1}^T W_{j+1} - W_j W_j^T||_F")
         ax_bal.grid(True, which="both", alpha=0.3)
     ax_bal.set_xlabel(xlabel)
-    ax_bal.set_title("balancedness defect", fontsize=9)
+    ax_bal.set_title("balancedness defect (absolute)", fontsize=9)
     return fig

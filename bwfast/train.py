@@ -546,7 +546,6 @@ class _Problem:
         self.ncol = K.D_SIGMA + k
         self.Omk = np.ascontiguousarray(t.eigvecs[:, :k], dtype=dtype)
         self.dconst = np.array([np.sqrt(t.eigvals[k - 1]), self.opt])
-        self._no_warm = K.warm_buffer(0, self.Omk)  # direct SVD for one record
         # scale of the convergence test and of divergence: the target's total
         # variance plus the isotropic part (1 if both vanish)
         scale = t.trace + t.n * tau or 1.0
@@ -602,8 +601,7 @@ class _Problem:
         w = self.work
         K.record_diagnostics(theta, self.dims, w.pbuf, w.G, self.R0, self.S0,
                              self.t.trace, self.tau, loss, self.kind,
-                             self.t.rank, self.Omk, self.dconst, row,
-                             self._no_warm)
+                             self.t.rank, self.Omk, self.dconst, row, None)
         row[K.D_GRAD] = np.sqrt(K.layer_measure(theta, self.dims, w.pbuf, w.G)[1])
         return loss
 
@@ -634,7 +632,10 @@ def _run(prob, theta, lr, steps, tol, every, callback):
     start = time.perf_counter()
     t, dims, tau, work = prob.t, prob.dims, prob.tau, prob.work
     ncol, record = prob.ncol, prob.record
-    no_diag = np.empty((0, ncol))
+    # warm-start buffers of the small-network refinement, None where the
+    # direct route stays (the loop is then compiled without that code)
+    warm = _active(K.warm_state(dims, tau, prob.k_eff, prob.kind, theta))
+    dwarm = _active(K.diag_warm(dims, record, theta)) if record else None
     loss0, _, _ = prob.forward(theta)
     div_limit = _DIVERGENCE_FACTOR * max(loss0, prob.scale)
     # chunks of steps between returns to Python (progress, Ctrl-C), sized
@@ -647,12 +648,13 @@ def _run(prob, theta, lr, steps, tol, every, callback):
         stop = min(done + chunk, steps)
         base = done // every
         hist = np.full(stop // every - base + 1, np.nan)
-        diag = np.full((hist.size, ncol), np.nan) if record else no_diag
+        diag = np.full((hist.size, ncol), np.nan) if record else None
         first = done
         done, code, loss, meas = K.descend(
             theta, dims, prob.R0, prob.S0, t.trace, tau, prob.k_eff, prob.rr, lr,
             first, stop, steps, tol * prob.scale, div_limit, hist, base, every,
             work.pbuf, work.G, prob.kind, t.rank, diag, prob.Omk, prob.dconst,
+            warm, dwarm,
         )
         last = done - 1 if code == K.RUNNING else done
         idx = np.arange(-(-first // every), last // every + 1)
@@ -681,6 +683,11 @@ def _run(prob, theta, lr, steps, tol, every, callback):
         done=done, loss=loss, measure=float(meas) / prob.scale, lr=lr, tol=tol,
         wall=wall, method="gd",
     )
+
+
+def _active(buffer):
+    """A warm-start buffer, or None for the empty one of the direct route."""
+    return buffer if buffer.shape[1] > 0 else None
 
 
 def _run_flow(prob, theta, lr, steps, tol, every, callback, rtol):

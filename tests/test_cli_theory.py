@@ -55,6 +55,17 @@ def test_plot_never_replaces_a_file(capsys, tmp_path):
     assert code == 2
     assert "exists; not overwritten" in err
     assert png.read_bytes() == b"user data"
+    # --force replaces a regular file, never a link
+    code, out, err = run(capsys, "fit", "--steps", "5", "--quiet",
+                         "--plot", str(png), "--force")
+    assert code == 3, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    link = tmp_path / "link.png"
+    link.symlink_to(png)
+    code, _, err = run(capsys, "fit", "--steps", "5", "--quiet",
+                       "--plot", str(link), "--force")
+    assert code == 2 and "symbolic link" in err
+    assert link.is_symlink()
     code, _, err = run(capsys, "fit", "--steps", "5", "--quiet",
                        "--plot", str(tmp_path / "x.jpg"))
     assert code == 2 and "--plot must name a .png file" in err

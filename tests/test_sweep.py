@@ -290,7 +290,7 @@ def test_local_pool_and_dask_give_identical_tables(tmp_path):
         if row["status"] == "failed":
             assert row["init"] == "margin" and row["width"] == 1
             assert row["message"].startswith("ValueError: ")
-            assert "'margin' needs optimal_loss < lambda_k" in row["message"]
+            assert "'margin' needs c_max" in row["message"]
             assert np.isnan(row["final_loss"]) and pd.isna(row["steps_taken"])
             continue
         res = bwfast.fit(sweep.target(run.params), run.params["widths"],
