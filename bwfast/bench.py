@@ -75,7 +75,7 @@ def stepper(target, widths, weights, tau, lr, steps):
     no_vecs = np.empty((target.n, 0), dtype)
     no_const = np.zeros(2)
     warm = K.warm_state(dims, tau, k, K.BW_LOSS, theta)
-    warm = warm if warm.shape[1] > 0 else None
+    warm = warm if warm.shape[1] > 0 and dtype == np.float64 else None
 
     def run():
         with blas_limit(int(dims.max())):

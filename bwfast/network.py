@@ -71,6 +71,8 @@ class Target:
     """
 
     def __init__(self, cov, *, rtol=None):
+        if isinstance(cov, Target):  # a Target's own covariance, validated
+            cov = cov.cov
         a = square_stack(cov, "cov")
         if a.ndim != 2:
             raise ValueError(f"`cov` must be one (n, n) matrix; got shape {a.shape}")

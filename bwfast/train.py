@@ -126,8 +126,9 @@ class FitResult:
     message : str
     loss, optimum, gap, relative_gap : float
         Final loss, theoretical optimum for this k and tau, loss - optimum,
-        and the gap divided by the optimum (by tr Sigma0 when the optimum
-        is zero).
+        and the gap divided by the optimum, or by the loss scale
+        tr Sigma0 + n tau (squared for the square loss; 1 if zero) when the
+        optimum is below its rounding level n eps times that scale.
     measure : float
         Optimality measure max_j ||dL/dW_j||_F ||W_j||_F / (tr Sigma0 + n tau)
         at the last check (checks run every ``record_every`` steps and at the
@@ -613,7 +614,11 @@ class _Problem:
         loss = float(loss)
         t, opt = self.t, self.opt
         gap = loss - opt
-        rel = gap / opt if opt > 0 else (gap / t.trace if t.trace > 0 else gap)
+        # relative to the optimum, or to the loss scale where the optimum is
+        # at its rounding level (tau equal to a repeated eigenvalue leaves
+        # terms of 1e-32 in it)
+        floor = t.n * np.finfo(np.float64).eps * self.scale
+        rel = gap / (opt if opt > floor else self.scale)
         if message is None:
             message = _message(status, done, loss, measure, tol, lr)
         diag = RunDiagnostics._from_records(rec, rows) if self.record else None
@@ -634,8 +639,12 @@ def _run(prob, theta, lr, steps, tol, every, callback):
     ncol, record = prob.ncol, prob.record
     # warm-start buffers of the small-network refinement, None where the
     # direct route stays (the loop is then compiled without that code)
-    warm = _active(K.warm_state(dims, tau, prob.k_eff, prob.kind, theta))
-    dwarm = _active(K.diag_warm(dims, record, theta)) if record else None
+    # (float64 only: the refinement accepts factors at a backward error of
+    # 2 n eps, which in float32 at n = 64 is above the convergence test)
+    wide = theta.dtype == np.float64
+    warm = (_active(K.warm_state(dims, tau, prob.k_eff, prob.kind, theta))
+            if wide else None)
+    dwarm = _active(K.diag_warm(dims, record, theta)) if record and wide else None
     loss0, _, _ = prob.forward(theta)
     div_limit = _DIVERGENCE_FACTOR * max(loss0, prob.scale)
     # chunks of steps between returns to Python (progress, Ctrl-C), sized

@@ -221,3 +221,10 @@ def test_float32_target_checked_with_float32_allowance():
     A[0, 1] = np.nextafter(A[0, 1], np.float32(2))  # 1 ulp of asymmetry
     t = Target(A)
     assert t.n == 2
+
+
+def test_target_of_a_target_is_the_same_target():
+    t = bwfast.Target(np.diag([3.0, 1.0]))
+    again = bwfast.Target(t)
+    np.testing.assert_array_equal(again.cov, t.cov)
+    np.testing.assert_array_equal(again.eigvals, t.eigvals)

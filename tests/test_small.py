@@ -323,3 +323,26 @@ def test_training_on_a_target_with_a_repeated_floor():
     res = fit(t, (12,) * 5, tau=0.1)
     assert res.converged, res.message
     assert res.relative_gap < 1e-10
+
+
+def test_float32_keeps_the_direct_route_and_converges():
+    # the refinement accepts at a backward error of 2 n eps, above float32's
+    # convergence test at n = 33: float32 runs keep LAPACK every step
+    from bwfast.targets import synthetic_target
+
+    t = synthetic_target("power", 33, lambda_min=0.3, decay=2.0, seed=0)
+    res = fit(t, (33,) * 4, tau=0.1, steps=20000, dtype=np.float32)
+    assert res.converged, res.message
+    assert res.relative_gap < 1e-4
+
+
+def test_relative_gap_when_tau_equals_a_repeated_eigenvalue():
+    # the rotated floor comes back as tau - 1e-16: the optimum is rounding
+    # (1e-32), and the gap is taken relative to the loss scale instead
+    from bwfast.targets import synthetic_target
+
+    t = synthetic_target("power", 20, lambda_min=0.1, decay=2.0, seed=0)
+    res = fit(t, (20,) * 3, tau=0.1, steps=300)
+    assert 0.0 <= res.optimum < 1e-20
+    assert res.relative_gap == pytest.approx(res.gap / (t.trace + 20 * 0.1))
+    assert abs(res.relative_gap) < 1e-2
