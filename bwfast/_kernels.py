@@ -1065,27 +1065,15 @@ def bw_squared_network(W, R0, S0, tr0, tau, k, rank0):
     tau = 0: ||W||^2 + tr S0 - 2 ||R0 W||_*, the nuclear norm from the k
     leading singular values of R0 W (rank W <= k; the others are rounding
     errors, whose sum would add a spurious sqrt(eps)-sized distance).
-    tau > 0: the trace form from the eigenvalues of M = R0 (W W^T + tau I) R0,
-    skipping its n - rank0 structural zeros (rank0 < 0: none). Accurate to
-    about eps times the traces.
+    tau > 0: the BW loss of the training itself (e2e_grad_tau, its
+    gradient into a scratch array), with its accuracy.
     """
-    n = W.shape[0]
-    X = R0 @ W
-    loss = _sumsq(W) + n * tau + tr0
-    if tau <= 0.0:
-        _, s, _ = np.linalg.svd(X, full_matrices=False)
-        for i in range(min(k, s.shape[0])):
-            loss -= 2.0 * np.float64(s[i])
-        return max(loss, 0.0)
-    M = X @ X.T
-    for i in range(n):
-        for j in range(n):
-            M[i, j] += tau * S0[i, j]
-    w, _ = _eigh_raw(M, True)
-    w = np.sort(w)
-    skip = n - rank0 if rank0 >= 0 else 0
-    for i in range(skip, n):
-        loss -= 2.0 * np.sqrt(max(np.float64(w[i]), 0.0))
+    if tau > 0.0:
+        return e2e_grad_tau(W, R0, S0, tr0, tau, np.empty_like(W), rank0)[0]
+    loss = _sumsq(W) + tr0
+    _, s, _ = np.linalg.svd(R0 @ W, full_matrices=False)
+    for i in range(min(k, s.shape[0])):
+        loss -= 2.0 * np.float64(s[i])
     return max(loss, 0.0)
 
 

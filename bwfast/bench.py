@@ -14,7 +14,8 @@ from .linalg import bures_wasserstein_squared, sqrtm_psd
 from .network import Target, Workspace, balanced_weights, loss_and_grad, pack, rank_rtol
 from .train import default_lr
 
-__all__ = ["Case", "CASES", "run", "format_table", "step_memory", "plot_scaling"]
+__all__ = ["Case", "CASES", "run", "format_table", "step_memory", "plot_scaling",
+           "scaling_figure"]
 
 
 @dataclass(frozen=True)
@@ -406,12 +407,10 @@ def _fmt(seconds):
     return f"{seconds * 1e6:>7.1f} us"
 
 
-def plot_scaling(path, quick=False):
-    """PNG of time against n for sqrtm_psd and bures_wasserstein."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def scaling_figure(quick=False):
+    """Figure of time against n for sqrtm_psd and bures_wasserstein, bwfast
+    and the reference (matplotlib, off-screen)."""
+    from matplotlib.figure import Figure
 
     sizes = [8, 32, 128, 256] if quick else [8, 32, 128, 256, 512, 1024]
     ops = {
@@ -419,7 +418,8 @@ def plot_scaling(path, quick=False):
         "bures_wasserstein_squared": (
             bures_wasserstein_squared, reference.bures_wasserstein_squared, 2),
     }
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
     for ax, (name, (fast, ref, nargs)) in zip(axes, ops.items()):
         for label, f, style in (("bwfast", fast, "o-"), ("reference", ref, "s--")):
             times = []
@@ -433,5 +433,9 @@ def plot_scaling(path, quick=False):
         ax.set_ylabel("seconds per call")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_scaling(path, quick=False):
+    """Save :func:`scaling_figure` as a PNG at ``path``."""
+    scaling_figure(quick).savefig(path, dpi=110)

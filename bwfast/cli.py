@@ -214,11 +214,7 @@ def _run_bench(args):
     from bwfast import bench
 
     if args.plot is not None:
-        plot = Path(args.plot)
-        if plot.suffix.lower() != ".png":
-            raise _UsageError(f"--plot must name a .png file; got '{plot}'")
-        if os.path.lexists(plot):  # a dangling link counts too
-            raise _UsageError(f"--plot file '{plot}' exists; not overwritten")
+        _check_new_png(args.plot, "--plot")
     rows = bench.run(names=args.only, quick=args.quick, repeat=args.repeat)
     if not rows:
         raise _UsageError(f"--only {args.only} matches no benchmark case")
@@ -239,7 +235,7 @@ def _run_bench(args):
                      f"{extra['weights_bytes'] / 2**20:.0f} MiB")
         _stdout(text, "the results")
     if args.plot is not None:
-        bench.plot_scaling(args.plot, quick=args.quick)
+        _save_figure(args.plot, lambda: bench.scaling_figure(quick=args.quick))
         _stderr(f"wrote {args.plot}")
     return EXIT_OK
 

@@ -1589,9 +1589,11 @@ def plot_sweep(source, path, *, x, y, value, where=None, agg=None, contour=False
         varying = [c for c in RESULT_COLUMNS[:RESULT_COLUMNS.index("status")]
                    if c not in ("run_id", "index", x, y)
                    and df.groupby([x, y])[c].nunique(dropna=False).max() > 1]
-        detail = "; ".join(
-            f"{c} takes {', '.join(_fmt(v) for v in sorted(df[c].dropna().unique(), key=_sort_key)[:6])}"  # noqa: E501
-            for c in varying[:3])
+        def values(c):
+            seen = sorted(df[c].dropna().unique(), key=_sort_key)[:6]
+            return ", ".join(_fmt(v) for v in seen)
+
+        detail = "; ".join(f"{c} takes {values(c)}" for c in varying[:3])
         raise ValueError(
             f"several runs fall in one ({x}, {y}) cell ({detail}); keep one "
             f"with where (e.g. --where {varying[0] if varying else 'COLUMN'}=VALUE) "

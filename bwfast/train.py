@@ -558,6 +558,7 @@ class _Problem:
         """Margin at the start and the theory's rate where it applies."""
         t, dims = self.t, self.dims
         loss, _, emeas = self.forward(theta)
+        self.loss0 = loss  # the start's loss, for the divergence limit
         if emeas < 0.0:
             bw2 = np.inf
         elif self.kind == K.BW_LOSS:
@@ -645,8 +646,7 @@ def _run(prob, theta, lr, steps, tol, every, callback):
     warm = (_active(K.warm_state(dims, tau, prob.k_eff, prob.kind, theta))
             if wide else None)
     dwarm = _active(K.diag_warm(dims, record, theta)) if record and wide else None
-    loss0, _, _ = prob.forward(theta)
-    div_limit = _DIVERGENCE_FACTOR * max(loss0, prob.scale)
+    div_limit = _DIVERGENCE_FACTOR * max(prob.loss0, prob.scale)
     # chunks of steps between returns to Python (progress, Ctrl-C), sized
     # to about 0.2 s with a callback and 1 s without; the loss history
     # grows chunk by chunk, so a large step limit allocates nothing upfront
@@ -764,12 +764,12 @@ def _run_flow(prob, theta, lr, steps, tol, every, callback, rtol):
     wall = time.perf_counter() - start
     n_steps = end
     keep = np.unique(np.append(np.arange(0, n_steps + 1, every), n_steps))
-    losses = np.empty(keep.size)
-    rows = np.full((keep.size, prob.ncol), np.nan) if prob.record else None
-    scratch = np.empty(prob.ncol)
-    for i, col in enumerate(keep):
-        y = np.ascontiguousarray(ys[:, col], dtype=theta.dtype)
-        losses[i] = prob.record_at(y, rows[i] if prob.record else scratch)
+    losses = point_loss[keep]  # computed by the scan
+    rows = None
+    if prob.record:
+        rows = np.full((keep.size, prob.ncol), np.nan)
+        for i, col in enumerate(keep):
+            prob.record_at(np.ascontiguousarray(ys[:, col]), rows[i])
     theta[:] = ys[:, end]
     loss, _, emeas = prob.forward(theta)
     meas = (K.layer_measure(theta, dims, work.pbuf, work.G)[0] / prob.scale

@@ -282,3 +282,14 @@ def test_bw_and_square_loss_from_the_same_start_reach_their_optima():
     # both learn the top-2 eigenspace
     assert bw.diagnostics.alignment[-1] == pytest.approx(1.0, abs=1e-8)
     assert sq.diagnostics.alignment[-1] == pytest.approx(1.0, abs=1e-8)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.3])
+def test_square_loss_runs_record_the_bw_margin(target5, tau):
+    # the margin is a BW quantity: square-loss runs compute it apart
+    res = fit(target5, (5, 3, 5), tau=tau, loss="frobenius", steps=40, tol=0.0,
+              diagnostics=True)
+    W = bwfast.end_to_end([np.array(w) for w in res.weights])
+    bw = bwfast.bures_wasserstein(W @ W.T + tau * np.eye(5), target5.cov)
+    expected = np.sqrt(target5.eigvals[2]) - bw
+    assert res.diagnostics.margin[-1] == pytest.approx(expected, abs=1e-12)
